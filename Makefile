@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine with Python >= 3.10:
+#   make demo   create .venv, install, run the main end-to-end job
+#   make test   create .venv, install with dev extras, run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --constraint constraints.txt
+SPIDER ?= $(or $(FINESTEP_SPIDER_DIR),../shared/data/spider)
+
+.PHONY: demo test install install-dev bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# Until the SQLWorld demo lands, the demo scores Spider dev's gold queries against themselves
+# through the sandbox and prints the execution-accuracy table.
+demo: install
+	$(BIN)/finestep demo --spider-dir $(SPIDER)
+
+test: install-dev
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/eval_speed.py --spider-dir $(SPIDER)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

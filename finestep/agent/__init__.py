@@ -1,0 +1,1 @@
+"""The multi-turn agent protocol and rollouts."""

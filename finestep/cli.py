@@ -1,0 +1,127 @@
+"""The ``finestep`` command line: one sub-command per job, each a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from finestep import __version__
+from finestep.data.task import DataError
+
+__all__ = ["main", "build_parser", "default_spider_dir"]
+
+
+def default_spider_dir() -> Path:
+    """Spider's folder: ``$FINESTEP_SPIDER_DIR``, else ``../shared/data/spider``."""
+    return Path(os.environ.get("FINESTEP_SPIDER_DIR", "../shared/data/spider"))
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    )  # fmt: skip
+
+
+def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from finestep.atomic import atomic_write_json
+    from finestep.data import load_benchmark
+    from finestep.eval.execution import EVAL_LIMITS, score_predictions
+    from finestep.eval.predictions import read_predictions
+    from finestep.eval.report import print_eval_report
+    from finestep.sql.executor import SandboxLimits
+
+    data = args.data or (default_spider_dir() if args.benchmark == "spider" else None)
+    if data is None:
+        raise DataError("--data is required for --benchmark bird (the folder holding dev.json and dev_databases/)")
+    benchmark = load_benchmark(args.benchmark, data)
+    predictions = read_predictions(args.predictions, benchmark.tasks, args.format)
+    metric = args.metric or args.benchmark
+    limits = SandboxLimits(**{**EVAL_LIMITS.__dict__, "timeout_s": args.timeout})
+    with _progress(console) as progress:
+        bar = progress.add_task("scoring", total=len(benchmark.available))
+        report = score_predictions(
+            benchmark, predictions, metric, limits, args.workers, on_progress=lambda n: progress.update(bar, completed=n)
+        )
+    print_eval_report(report, console, args.by)
+    if args.out:
+        atomic_write_json(args.out, report.to_json())
+        console.print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_sql(args: argparse.Namespace, console: Console) -> int:
+    from finestep.agent.protocol import ObservationFormat, format_observation
+    from finestep.sql.executor import SandboxLimits, execute
+
+    sql = sys.stdin.read() if args.query == "-" else args.query
+    result = execute(args.db, sql, SandboxLimits(timeout_s=args.timeout))
+    observation = format_observation(result, args.turns_left, ObservationFormat(max_rows=args.max_rows))
+    print(observation)  # plain print: the exact text, no rich markup
+    if args.verbose:
+        console.print(f"[dim]{result.elapsed_s * 1000:.1f} ms, error_kind={result.error_kind}[/dim]", highlight=False)
+    return 0 if result.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="finestep",
+        description="Train and evaluate tool-integrated Text-to-SQL agents with step-level credit assignment.",
+    )
+    parser.add_argument("--version", action="version", version=f"finestep {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ev = commands.add_parser(
+        "eval",
+        help="execution accuracy of a predictions file on Spider or BIRD",
+        description="Score predicted SQL against gold SQL by executing both in the read-only sandbox.",
+    )
+    ev.add_argument("--benchmark", choices=["spider", "bird"], required=True, help="which benchmark's format")
+    ev.add_argument("--data", type=Path, help="benchmark folder (Spider: default $FINESTEP_SPIDER_DIR or ../shared/data/spider)")
+    ev.add_argument("--predictions", type=Path, required=True, help="one SQL per line, BIRD's JSON dict, or JSONL {id, sql}")
+    ev.add_argument("--format", choices=["lines", "bird", "jsonl"], help="predictions format (default: detected)")
+    ev.add_argument("--metric", choices=["bird", "spider"], help="result equivalence (default: the benchmark's own)")
+    ev.add_argument("--out", type=Path, help="write the full report (per question) as JSON here")
+    ev.add_argument("--workers", type=int, help="processes executing queries (default: all usable cores)")
+    ev.add_argument("--timeout", type=float, default=30.0, help="seconds per query (default 30, as BIRD)")
+    ev.add_argument("--by", choices=["auto", "difficulty", "database"], default="auto", help="table breakdown")
+    ev.set_defaults(handler=_cmd_eval)
+
+    sq = commands.add_parser(
+        "sql",
+        help="run one query in the sandbox and print the observation the agent would see",
+        description="Run one read-only, time-limited query and print exactly the agent's observation.",
+    )
+    sq.add_argument("--db", type=Path, required=True, help="SQLite database file")
+    sq.add_argument("query", help="the SQL (or - to read it from standard input)")
+    sq.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    sq.add_argument("--max-rows", type=int, default=20, help="rows shown (default 20)")
+    sq.add_argument("--turns-left", type=int, help="append the turns-left line as in a rollout")
+    sq.add_argument("-v", "--verbose", action="store_true", help="also print timing and error kind")
+    sq.set_defaults(handler=_cmd_sql)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``finestep`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=args.command == "sql")
+    try:
+        return args.handler(args, console)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[red]interrupted[/red]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The Task record and the shared helpers of the benchmark loaders."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Benchmark", "DataError", "Task", "read_json", "require_field"]
+
+
+class DataError(ValueError):
+    """A benchmark or predictions file is malformed; the message names the file and the position or field."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One question over one database.
+
+    Attributes:
+        id: stable identifier (BIRD's ``question_id``; the question's position for Spider).
+        index: 0-based position in the source file.
+        question: the natural-language question.
+        db_id: the database's name.
+        db_path: the SQLite file; it may not exist (see ``available``).
+        gold_sql: the reference query.
+        evidence: external knowledge given with the question (BIRD), else empty.
+        difficulty: the benchmark's difficulty label, if it has one.
+    """
+
+    id: str
+    index: int
+    question: str
+    db_id: str
+    db_path: Path
+    gold_sql: str
+    evidence: str = ""
+    difficulty: str | None = None
+
+    @property
+    def available(self) -> bool:
+        """Whether the task's database file exists."""
+        return self.db_path.is_file()
+
+
+@dataclass
+class Benchmark:
+    """The tasks of one split in file order, with those whose database is missing set apart."""
+
+    name: str
+    source: Path
+    tasks: list[Task]
+    unavailable: list[Task] = field(default_factory=list)
+
+    @classmethod
+    def from_tasks(cls, name: str, source: Path, tasks: list[Task]) -> "Benchmark":
+        return cls(name, source, tasks, [t for t in tasks if not t.available])
+
+    @property
+    def available(self) -> list[Task]:
+        missing = {t.index for t in self.unavailable}
+        return [t for t in self.tasks if t.index not in missing]
+
+    @property
+    def missing_databases(self) -> list[str]:
+        return sorted({t.db_id for t in self.unavailable})
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; malformed input raises :class:`DataError` naming the file, line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from None
+
+
+def require_field(entry: Any, key: str, path: Path, position: int, kind: type = str) -> Any:
+    """``entry[key]``, checked to be of ``kind``; else :class:`DataError` naming file, entry and field."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: entry {position}: expected an object, got {type(entry).__name__}")
+    if key not in entry:
+        raise DataError(f"{path}: entry {position}: missing field {key!r}")
+    value = entry[key]
+    if not isinstance(value, kind):
+        raise DataError(f"{path}: entry {position}: field {key!r} should be {kind.__name__}, got {type(value).__name__}")
+    return value
