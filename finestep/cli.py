@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from finestep import __version__
 from finestep.data.task import DataError
 
-__all__ = ["main", "build_parser", "default_spider_dir"]
+__all__ = ["build_parser", "default_spider_dir", "main"]
 
 
 def default_spider_dir() -> Path:
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args, console)
     except (DataError, ValueError, FileNotFoundError) as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("[red]interrupted[/red]")

@@ -8,7 +8,7 @@ from finestep.data.bird import load_bird
 from finestep.data.spider import load_spider
 from finestep.data.task import Benchmark, DataError, Task
 
-__all__ = ["Benchmark", "DataError", "Task", "load_benchmark", "load_bird", "load_spider", "LOADERS"]
+__all__ = ["LOADERS", "Benchmark", "DataError", "Task", "load_benchmark", "load_bird", "load_spider"]
 
 LOADERS = {"spider": load_spider, "bird": load_bird}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from finestep.data.task import Benchmark, DataError, Task, read_json, require_field
 
-__all__ = ["load_bird", "BIRD_LEVELS"]
+__all__ = ["BIRD_LEVELS", "load_bird"]
 
 BIRD_LEVELS = ("simple", "moderate", "challenging")
 _SPLIT_FILES = ("dev.json", "mini_dev_sqlite.json")

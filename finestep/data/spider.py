@@ -7,7 +7,7 @@ from typing import Any
 
 from finestep.data.task import Benchmark, DataError, Task, read_json, require_field
 
-__all__ = ["load_spider", "spider_hardness", "SPIDER_LEVELS"]
+__all__ = ["SPIDER_LEVELS", "load_spider", "spider_hardness"]
 
 SPIDER_LEVELS = ("easy", "medium", "hard", "extra")
 

@@ -54,7 +54,7 @@ class Benchmark:
     unavailable: list[Task] = field(default_factory=list)
 
     @classmethod
-    def from_tasks(cls, name: str, source: Path, tasks: list[Task]) -> "Benchmark":
+    def from_tasks(cls, name: str, source: Path, tasks: list[Task]) -> Benchmark:
         return cls(name, source, tasks, [t for t in tasks if not t.available])
 
     @property

@@ -41,13 +41,15 @@ def detect_format(text: str) -> str:
 def _split_lines(text: str) -> list[str]:
     # splitlines() would also split on form feeds and other separators that may sit inside a query.
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
+    if lines and lines[-1] == "":
+        lines.pop()  # the file's final line end
     return lines
 
 
 def _read_lines(path: Path, text: str, tasks: list[Task]) -> list[str | None]:
     lines = _split_lines(text)
+    while len(lines) > len(tasks) and not lines[-1].strip():
+        lines.pop()  # blank lines after the last question's
     if len(lines) != len(tasks):
         raise DataError(
             f"{path}: {len(lines)} predictions for {len(tasks)} questions; a line-per-query file must have one "

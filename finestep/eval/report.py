@@ -33,7 +33,8 @@ def print_eval_report(report: EvalReport, console: Console, by: str = "auto") ->
     unavailable = len(report.scores) - len(report.scored)
     if unavailable:
         console.print(
-            f"{unavailable} questions unavailable (database file missing: {', '.join(report.unavailable_databases)})"
+            f"{unavailable} question{'s' if unavailable != 1 else ''} unavailable "
+            f"(database file missing: {', '.join(report.unavailable_databases)})"
         )
     errors = sum(1 for s in report.scored if s.error and s.error.startswith("gold"))
     if errors:

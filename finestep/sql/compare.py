@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["METRICS", "bird_match", "spider_match", "gold_orders_rows", "results_match"]
+__all__ = ["METRICS", "bird_match", "gold_orders_rows", "results_match", "spider_match"]
 
 Row = tuple[Any, ...]
 

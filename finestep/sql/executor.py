@@ -33,9 +33,9 @@ __all__ = [
     "ExecutionResult",
     "SandboxLimits",
     "SqlSandbox",
+    "default_workers",
     "execute",
     "normalize_sql",
-    "default_workers",
     "open_readonly",
     "parallel_map",
 ]
@@ -120,6 +120,7 @@ _INTROSPECTION_PRAGMAS = frozenset(
     }
 )  # fmt: skip
 _FORBIDDEN_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer"})
+_SCHEMA_TABLES = frozenset({"sqlite_master", "sqlite_temp_master"})
 
 
 def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None) -> int:
@@ -128,6 +129,10 @@ def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None,
     if action == sqlite3.SQLITE_FUNCTION:
         return sqlite3.SQLITE_DENY if (arg2 or "").lower() in _FORBIDDEN_FUNCTIONS else sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _INTROSPECTION_PRAGMAS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_UPDATE and arg1 in _SCHEMA_TABLES:
+        # SQLite asks this while it declares an eponymous virtual table (json_each, pragma_table_info, ...).
+        # SQL can never write the schema table ("may not be modified"), so allowing it opens no write path.
         return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_DENY
 
@@ -186,7 +191,7 @@ def _classify(exc: BaseException, timed_out: bool) -> str:
         return ErrorKind.TIMEOUT
     if isinstance(exc, sqlite3.ProgrammingError) and "one statement" in message:
         return ErrorKind.MULTIPLE_STATEMENTS
-    if any(word in message for word in ("not authorized", "authorization denied", "readonly", "prohibited")):
+    if any(word in message for word in ("not authorized", "authorization denied", "readonly", "prohibited", "may not be modified")):
         return ErrorKind.FORBIDDEN
     if "too big" in message or "too long" in message or isinstance(exc, MemoryError) or "out of memory" in message:
         return ErrorKind.TOO_LARGE
@@ -323,6 +328,11 @@ class _ResultCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate bytes of the cached rows."""
+        return self._bytes
 
 
 # --- process pool ------------------------------------------------------------------------------------------

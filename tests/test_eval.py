@@ -1,0 +1,77 @@
+"""End to end: finestep eval and finestep sql on hand-made and real Spider data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from finestep.cli import main
+from finestep.data import load_spider
+from finestep.eval.execution import EVAL_LIMITS, score_pair, score_predictions
+from tests.test_data import write_bird
+
+
+def test_score_pair_verdicts(db: Path) -> None:
+    gold = "SELECT name FROM player WHERE goals = 7"
+    assert score_pair(("SELECT name FROM player WHERE goals > 5 AND goals < 8", gold, str(db), "bird", EVAL_LIMITS)) == (True, None)
+    assert score_pair(("SELECT id FROM player", gold, str(db), "bird", EVAL_LIMITS)) == (False, None)
+    correct, error = score_pair(("SELECT nope FROM player", gold, str(db), "bird", EVAL_LIMITS))
+    assert not correct and error.startswith("prediction schema: no such column")
+    assert score_pair((None, gold, str(db), "bird", EVAL_LIMITS)) == (False, "no prediction")
+
+
+def test_eval_cli_on_bird_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_bird(tmp_path / "bird")
+    preds = tmp_path / "predict_dev.json"
+    sep = "\t----- bird -----\t"
+    preds.write_text(json.dumps({"0": f"SELECT count(id) FROM player{sep}league", "1": f"SELECT 'Bob'{sep}league"}))
+    out = tmp_path / "out" / "report.json"
+    assert main(["eval", "--benchmark", "bird", "--data", str(data), "--predictions", str(preds), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["ex"] == 50.0 and report["n_scored"] == 2 and report["n_unavailable"] == 1
+    assert [(q["index"], q["db_id"], q["correct"]) for q in report["per_question"]] == [
+        (0, "league", True), (1, "league", False), (2, "gone", None)
+    ]  # fmt: skip
+    assert report["by_difficulty"] == {"simple": {"ex": 100.0, "n": 1}, "moderate": {"ex": 0.0, "n": 1}}
+    assert "moderate" in capsys.readouterr().out
+
+
+def test_eval_cli_reports_bad_input_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_bird(tmp_path / "bird")
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"id": 7, "sql": 1}\n')
+    assert main(["eval", "--benchmark", "bird", "--data", str(data), "--predictions", str(preds)]) == 2
+    assert "p.jsonl:1: field 'sql'" in capsys.readouterr().err
+
+
+def test_sql_cli_prints_the_observation(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sql", "--db", str(db), "SELECT name, goals FROM player ORDER BY id LIMIT 2", "--turns-left", "3"]) == 0
+    assert capsys.readouterr().out == (
+        "<observation>\n| name | goals |\n|---|---|\n| Ann | 10 |\n| Bob | 3 |\n(2 rows)\nTurns left: 3\n</observation>\n"
+    )
+    assert main(["sql", "--db", str(db), "DROP TABLE player"]) == 1
+    assert capsys.readouterr().out == "<observation>\nError (forbidden): not authorized\n</observation>\n"
+
+
+@pytest.mark.parametrize("metric", ["spider", "bird"])
+def test_spider_gold_scores_100_percent(spider: Path, metric: str) -> None:
+    bench = load_spider(spider)
+    databases = sorted((spider / "database").glob("*/*.sqlite"))
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in databases}
+    report = score_predictions(bench, [t.gold_sql for t in bench.tasks], metric, workers=2)
+    result = report.to_json()
+    assert (result["ex"], result["n_scored"], result["n_unavailable"]) == (100.0, 972, 62)
+    assert {q["db_id"] for q in result["per_question"] if q["correct"] is None} == {"wta_1"}
+    assert before == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in databases}
+
+
+def test_eval_cli_on_spider_gold_file(spider: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    args = ["eval", "--benchmark", "spider", "--data", str(spider), "--predictions", str(spider / "dev_gold.sql")]
+    assert main([*args, "--out", str(out), "--workers", "1"]) == 0
+    result = json.loads(out.read_text())
+    assert (result["ex"], result["n_scored"], result["n_unavailable"]) == (100.0, 972, 62)
+    assert [q["index"] for q in result["per_question"]] == list(range(1034))
