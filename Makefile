@@ -24,10 +24,13 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# Until the SQLWorld demo lands, the demo scores Spider dev's gold queries against themselves
-# through the sandbox and prints the execution-accuracy table.
+# Until the SQLWorld demo lands, the demo is the most complete job that exists: score Spider dev's gold
+# queries as predictions through the sandbox (expect EX 100.0 over 972 questions, 62 unavailable), then
+# show one tool call as the agent sees it.
 demo: install
-	$(BIN)/finestep demo --spider-dir $(SPIDER)
+	$(BIN)/finestep eval --benchmark spider --data $(SPIDER) --predictions $(SPIDER)/dev_gold.sql --out runs/demo/eval.json
+	$(BIN)/finestep sql --db $(SPIDER)/database/concert_singer/concert_singer.sqlite \
+		"SELECT name, country, age FROM singer ORDER BY age DESC LIMIT 3" --turns-left 4
 
 test: install-dev
 	$(BIN)/python -m pytest -q
