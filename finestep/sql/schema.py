@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 import sqlite3
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from finestep.sql.executor import SandboxLimits, open_readonly
 
-__all__ = ["Column", "Table", "read_schema", "schema_prompt"]
+__all__ = ["Column", "Table", "read_schema", "schema_columns", "schema_prompt"]
 
 _SAMPLE_LIMITS = SandboxLimits(timeout_s=2.0, max_rows=50, max_bytes=2**20)
 
@@ -146,3 +147,14 @@ def schema_prompt(
         size += len(block) + 2
     kept.append(f"-- {len(tables) - len(kept)} more tables not shown (schema over {max_chars} characters)")
     return "\n\n".join(kept)[:max_chars]
+
+
+@lru_cache(maxsize=256)
+def _schema_columns_cached(path: str, _size: int, _mtime_ns: int) -> dict[str, frozenset[str]]:
+    return {t.name.lower(): frozenset(c.name.lower() for c in t.columns) for t in read_schema(path, sample_values=0)}
+
+
+def schema_columns(db_path: str | os.PathLike[str]) -> dict[str, frozenset[str]]:
+    """Lower-cased table name -> lower-cased column names of ``db_path`` (cached per file version)."""
+    stat = os.stat(db_path)
+    return _schema_columns_cached(os.path.abspath(db_path), stat.st_size, stat.st_mtime_ns)

@@ -1,0 +1,134 @@
+"""Configuration: dataclasses with defaults and help in one place, YAML files, dotted ``key=value`` overrides.
+
+A config error names the key and what was expected, e.g. ``credit.gamma_p: expected a float, got 'abc'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import yaml
+
+__all__ = ["ConfigError", "apply_overrides", "from_dict", "parse_value", "to_dict"]
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the dotted key."""
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML (``0.5`` -> float, ``true`` -> bool, ``[a, b]`` -> list, else str)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(annotation):
+            raise ConfigError(f"{key}: expected one of {list(typing.get_args(annotation))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(annotation, value, prefix=f"{key}.")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, value_type = typing.get_args(annotation)
+        return {k: _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        items = [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
+    """Build dataclass ``cls`` from a (nested) mapping, checking every key and type."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; expected one of {sorted(fields)}")
+    values = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        if message.split(":", 1)[0] in fields:  # the dataclass named its own field: make it a dotted key
+            raise ConfigError(f"{prefix}{message}") from None
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {message}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass config as plain nested dicts (for YAML or JSON)."""
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(config: C, overrides: Iterable[str]) -> C:
+    """A copy of ``config`` with dotted ``key=value`` overrides applied (``rewards.weights.redundant=0``)."""
+    data = to_dict(config)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{item!r}: expected key=value")
+        node = data
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"{'.'.join(parts[: depth + 1])}: unknown key")
+            node = node[part]
+        if parts[-1] not in node and _parent_is_dataclass(config, parts):
+            raise ConfigError(f"{key}: unknown key; expected one of {sorted(node)}")
+        node[parts[-1]] = parse_value(text)
+    return from_dict(type(config), data)
+
+
+def _parent_is_dataclass(config: Any, parts: list[str]) -> bool:
+    """Whether the parent of the dotted key ``parts`` is a dataclass (its keys are fixed) rather than a dict."""
+    node = config
+    for part in parts[:-1]:
+        node = getattr(node, part, None) if dataclasses.is_dataclass(node) else None
+    return dataclasses.is_dataclass(node)
