@@ -167,11 +167,11 @@ def test_cache_answers_repeats_and_normalizes(db: Path) -> None:
 def test_cache_is_bounded_by_bytes(db: Path) -> None:
     sandbox = SqlSandbox(cache_entries=100, cache_bytes=5000)
     for i in range(10):
-        sandbox.execute(db, f"SELECT n, {i} FROM numbers")  # about 200 * 32 bytes each: over the budget alone
+        sandbox.execute(db, f"SELECT n, printf('%.40c', 'x'), {i} FROM numbers")  # 200 rows * ~55 bytes: too big
     assert len(sandbox.cache) == 0
-    for i in range(30):  # 10 rows * 24 bytes each: about 20 fit
+    for i in range(100):  # 10 rows of about 5 bytes each: fewer than 100 fit
         sandbox.execute(db, f"SELECT n FROM numbers WHERE n < 10 AND {i} = {i}")
-    assert 0 < len(sandbox.cache) < 30 and sandbox.cache.nbytes <= 5000
+    assert 0 < len(sandbox.cache) < 100 and sandbox.cache.nbytes <= 5000
 
 
 def test_execute_many_keeps_input_order_over_a_pool(db: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from finestep.data.task import Benchmark
 from finestep.sql.compare import results_match
-from finestep.sql.executor import ExecutionResult, SandboxLimits, default_workers, execute, parallel_map
+from finestep.sql.executor import ExecutionResult, SandboxLimits, default_workers, execute_on, parallel_map
 
 __all__ = ["EVAL_LIMITS", "EvalReport", "QuestionScore", "score_pair", "score_predictions"]
 
@@ -43,10 +43,9 @@ def score_pair(job: tuple[str | None, str, str, str, SandboxLimits]) -> tuple[bo
     pred_sql, gold_sql, db_path, metric, limits = job
     if pred_sql is None:
         return False, "no prediction"
-    pred = execute(db_path, pred_sql, limits)
+    pred, gold = execute_on(db_path, [pred_sql, gold_sql], limits)
     if not pred.ok:
         return False, _describe("prediction", pred)
-    gold = execute(db_path, gold_sql, limits)
     if not gold.ok:
         return False, _describe("gold", gold)
     if pred.truncated or gold.truncated:

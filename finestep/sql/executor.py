@@ -35,6 +35,7 @@ __all__ = [
     "SqlSandbox",
     "default_workers",
     "execute",
+    "execute_on",
     "normalize_sql",
     "open_readonly",
     "parallel_map",
@@ -156,9 +157,7 @@ def open_readonly(db_path: str | os.PathLike[str], limits: SandboxLimits | None 
     limits = limits or SandboxLimits()
     conn = sqlite3.connect(_readonly_uri(db_path), uri=True, isolation_level=None, check_same_thread=False)
     try:
-        conn.execute("PRAGMA query_only = ON")
-        conn.execute("PRAGMA temp_store = MEMORY")
-        conn.text_factory = _decode_text
+        conn.executescript("PRAGMA query_only = ON; PRAGMA temp_store = MEMORY;")
         if hasattr(conn, "setlimit"):  # Python >= 3.11
             conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limits.max_value_bytes)
             conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, limits.max_sql_chars)
@@ -172,17 +171,8 @@ def open_readonly(db_path: str | os.PathLike[str], limits: SandboxLimits | None 
 
 # --- one query ---------------------------------------------------------------------------------------------
 
-_TRAILING = re.compile(r"(?:\s|;)+$")
-
-
 def _strip_sql(sql: str) -> str:
-    return _TRAILING.sub("", sql).strip()
-
-
-def _value_bytes(value: Any) -> int:
-    if isinstance(value, (str, bytes)):
-        return len(value) + 8
-    return 8
+    return sql.strip().rstrip(" \t\n\r\f\v;")
 
 
 def _classify(exc: BaseException, timed_out: bool) -> str:
@@ -203,29 +193,36 @@ def _classify(exc: BaseException, timed_out: bool) -> str:
 
 
 def _fetch_capped(cursor: sqlite3.Cursor, limits: SandboxLimits) -> tuple[list[tuple[Any, ...]], int, bool, bool]:
+    """Fetch rows until the result ends or a cap is reached: ``(rows, nbytes, truncated_rows, truncated_bytes)``.
+
+    Sizes are the length of the rows' text form (``repr``), computed per batch in C; batches shrink as rows grow,
+    so the memory held beyond the byte cap stays within one small batch.
+    """
     rows: list[tuple[Any, ...]] = []
     nbytes = 0
+    batch_size = 64
     while True:
-        batch = cursor.fetchmany(min(512, limits.max_rows + 1 - len(rows)))
+        batch = cursor.fetchmany(min(batch_size, limits.max_rows + 1 - len(rows)))
         if not batch:
             return rows, nbytes, False, False
-        for row in batch:
+        size = len(repr(batch))
+        if nbytes + size <= limits.max_bytes and len(rows) + len(batch) <= limits.max_rows:
+            rows.extend(batch)
+            nbytes += size
+            batch_size = max(1, min(1024, (limits.max_bytes - nbytes) * len(batch) // (8 * size)))
+            continue
+        for row in batch:  # this batch crosses a cap: take rows one by one up to it
             if len(rows) >= limits.max_rows:
                 return rows, nbytes, True, False
-            size = 16 + sum(_value_bytes(v) for v in row)
-            if nbytes + size > limits.max_bytes:
+            row_size = len(repr(row)) + 2
+            if nbytes + row_size > limits.max_bytes:
                 return rows, nbytes, False, True
             rows.append(row)
-            nbytes += size
+            nbytes += row_size
 
 
-def execute(db_path: str | os.PathLike[str], sql: str, limits: SandboxLimits | None = None) -> ExecutionResult:
-    """Run one SQL statement read-only on ``db_path`` within ``limits``; never raises for a bad query.
-
-    Trailing semicolons and whitespace are ignored; a second statement is an error of kind
-    ``multiple_statements``.
-    """
-    limits = limits or SandboxLimits()
+def _run(conn: sqlite3.Connection, sql: str, limits: SandboxLimits) -> ExecutionResult:
+    """One query on an open sandbox connection, within its own deadline."""
     start = time.perf_counter()
 
     def failed(kind: str, message: str) -> ExecutionResult:
@@ -238,12 +235,6 @@ def execute(db_path: str | os.PathLike[str], sql: str, limits: SandboxLimits | N
         return failed(ErrorKind.EMPTY, "empty SQL")
     if len(sql) > limits.max_sql_chars:
         return failed(ErrorKind.TOO_LARGE, f"SQL text has {len(sql)} characters, limit {limits.max_sql_chars}")
-    try:
-        conn = open_readonly(db_path, limits)
-    except FileNotFoundError as exc:
-        return failed(ErrorKind.MISSING_DATABASE, str(exc))
-    except sqlite3.Error as exc:
-        return failed(ErrorKind.RUNTIME, f"cannot open database: {exc}")
 
     deadline = start + limits.timeout_s
     timed_out = False
@@ -256,27 +247,65 @@ def execute(db_path: str | os.PathLike[str], sql: str, limits: SandboxLimits | N
         return 0
 
     conn.set_progress_handler(past_deadline, limits.progress_interval)
-    cursor = None
+    for attempt in range(2):
+        cursor = None
+        try:
+            cursor = conn.execute(sql)
+            columns = tuple(d[0] for d in cursor.description or ())
+            rows, nbytes, truncated_rows, truncated_bytes = _fetch_capped(cursor, limits)
+            return ExecutionResult(
+                columns=columns,
+                rows=tuple(rows),
+                elapsed_s=time.perf_counter() - start,
+                truncated_rows=truncated_rows,
+                truncated_bytes=truncated_bytes,
+                nbytes=nbytes,
+            )
+        except (sqlite3.Error, MemoryError, OverflowError, ValueError) as exc:
+            if attempt == 0 and "could not decode" in str(exc).lower():
+                # Text that is not UTF-8: decode it leniently and run again (SQLite's own decoding is much
+                # faster, so it is kept for the common case).
+                conn.text_factory = _decode_text
+                continue
+            kind = _classify(exc, timed_out)
+            message = f"query exceeded the {limits.timeout_s:g} s time limit" if kind == ErrorKind.TIMEOUT else str(exc)
+            return failed(kind, message)
+        finally:
+            if cursor is not None:
+                cursor.close()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def execute_on(
+    db_path: str | os.PathLike[str], queries: Sequence[str], limits: SandboxLimits | None = None
+) -> list[ExecutionResult]:
+    """Run several queries one after the other on one read-only connection to ``db_path``.
+
+    Each query has its own time limit and caps, exactly as with :func:`execute`; sharing the connection saves
+    opening the file and reading its schema again (evaluation runs a prediction and its gold query this way).
+    The connection is closed before returning, whatever happened.
+    """
+    limits = limits or SandboxLimits()
+    start = time.perf_counter()
     try:
-        cursor = conn.execute(sql)
-        columns = tuple(d[0] for d in cursor.description or ())
-        rows, nbytes, truncated_rows, truncated_bytes = _fetch_capped(cursor, limits)
-        return ExecutionResult(
-            columns=columns,
-            rows=tuple(rows),
-            elapsed_s=time.perf_counter() - start,
-            truncated_rows=truncated_rows,
-            truncated_bytes=truncated_bytes,
-            nbytes=nbytes,
-        )
-    except (sqlite3.Error, MemoryError, OverflowError, ValueError) as exc:
-        kind = _classify(exc, timed_out)
-        message = f"query exceeded the {limits.timeout_s:g} s time limit" if kind == ErrorKind.TIMEOUT else str(exc)
-        return failed(kind, message)
+        conn = open_readonly(db_path, limits)
+    except (FileNotFoundError, sqlite3.Error) as exc:
+        kind = ErrorKind.MISSING_DATABASE if isinstance(exc, FileNotFoundError) else ErrorKind.RUNTIME
+        message = str(exc) if isinstance(exc, FileNotFoundError) else f"cannot open database: {exc}"
+        return [ExecutionResult(error_kind=kind, error=message, elapsed_s=time.perf_counter() - start)] * len(queries)
+    try:
+        return [_run(conn, sql, limits) for sql in queries]
     finally:
-        if cursor is not None:
-            cursor.close()
         conn.close()
+
+
+def execute(db_path: str | os.PathLike[str], sql: str, limits: SandboxLimits | None = None) -> ExecutionResult:
+    """Run one SQL statement read-only on ``db_path`` within ``limits``; never raises for a bad query.
+
+    Trailing semicolons and whitespace are ignored; a second statement is an error of kind
+    ``multiple_statements``.
+    """
+    return execute_on(db_path, [sql], limits)[0]
 
 
 # --- normalization and cache -------------------------------------------------------------------------------
