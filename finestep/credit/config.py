@@ -1,0 +1,95 @@
+"""CreditConfig: every knob of step-level credit assignment and token masking, with FINESTEP.md defaults.
+
+Each FineStep ablation of the paper is one entry of ``ABLATIONS`` (a few field overrides), so
+``CreditConfig.ablation("no_logical")`` is the whole change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from finestep.credit.ops import NORMALIZE_MODES
+
+__all__ = ["ABLATIONS", "CreditConfig"]
+
+
+@dataclass(frozen=True)
+class CreditConfig:
+    """Configuration of the credit estimators (``finestep`` and the baselines) and of the token masks.
+
+    Fields carry their help text in ``metadata["help"]``. Fields an estimator does not use are ignored by it.
+    """
+
+    estimator: str = field(default="finestep", metadata={"help": "registered estimator name (see ESTIMATORS)"})
+    gamma_p: float = field(default=0.5, metadata={"help": "process-return discount: P_t = sum gamma_p^(k-t) r_k"})
+    gamma_o: float = field(default=0.9, metadata={"help": "outcome-return discount: O_t = gamma_o^(T-t) R"})
+    beta: float = field(default=0.3, metadata={"help": "logical smoothing weight of the linked steps' mean P"})
+    lam: float = field(default=0.5, metadata={"help": "lambda, weight of the process advantage A^P"})
+    eps: float = field(default=1e-6, metadata={"help": "added to the sample std in normalization"})
+    normalize: str = field(
+        default="group",
+        metadata={"help": "group: (x - mean) / (std + eps) over the task's group; center: x - mean; "
+                          "none: raw returns (the no-normalization ablation)"},
+    )
+    per_step_index_norm: bool = field(
+        default=False, metadata={"help": "finestep: normalize per (group, step index) instead of per group"}
+    )
+    use_process: bool = field(default=True, metadata={"help": "finestep: False drops A^P (same as lam = 0)"})
+    process_internal_only: bool = field(
+        default=True,
+        metadata={"help": "finestep: A^P over and on internal steps only; False: on every step, solution too"},
+    )
+    omega: float = field(default=1.0, metadata={"help": "gigpo: weight of the anchor-state step advantage"})
+    gigpo_gamma: float = field(default=0.95, metadata={"help": "gigpo: discount of the per-step return"})
+    mask_truncated_steps: bool = field(
+        default=True, metadata={"help": "tokens: a step cut off by the token budget gets no loss"}
+    )
+    drop_zero_groups: bool = field(
+        default=True, metadata={"help": "tokens: a group whose step advantages are all ~0 gets no loss"}
+    )
+    zero_tol: float = field(default=1e-8, metadata={"help": "tokens: |A| <= zero_tol counts as zero"})
+
+    def __post_init__(self) -> None:
+        for name in ("gamma_p", "gamma_o", "beta", "gigpo_gamma"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+        for name in ("lam", "omega", "zero_tol"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.normalize not in NORMALIZE_MODES:
+            raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
+
+    @property
+    def effective_lam(self) -> float:
+        """The weight actually given to A^P: ``lam``, or 0 when ``use_process`` is off."""
+        return self.lam if self.use_process else 0.0
+
+    @classmethod
+    def ablation(cls, name: str, **overrides: Any) -> CreditConfig:
+        """The default config with the FineStep ablation ``name`` (a key of ``ABLATIONS``) and ``overrides``."""
+        if name not in ABLATIONS:
+            raise ValueError(f"unknown ablation {name!r}; expected one of {sorted(ABLATIONS)}")
+        return cls(**{**ABLATIONS[name], **overrides})
+
+    def with_overrides(self, **overrides: Any) -> CreditConfig:
+        """A copy with some fields replaced (unknown names raise ValueError)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown CreditConfig fields {unknown}; expected some of {sorted(known)}")
+        return replace(self, **overrides)
+
+
+# The FineStep ablations of FINESTEP.md ("Baselines and ablations"), one switch set each.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "no_process": {"use_process": False},
+    "no_temporal": {"gamma_p": 0.0, "gamma_o": 1.0},
+    "no_logical": {"beta": 0.0},
+    "no_group_norm": {"normalize": "none"},
+    "no_masking": {"process_internal_only": False, "mask_truncated_steps": False, "drop_zero_groups": False},
+}

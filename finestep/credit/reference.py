@@ -1,0 +1,214 @@
+"""Straightforward per-trajectory loop implementations of every estimator: the ground truth of the tests.
+
+Written from the definitions in FINESTEP.md with plain Python loops and lists, deliberately sharing no code
+with the vectorized estimators (only the ``ZERO_SPREAD_RTOL`` constant). Slow; for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from finestep.credit.batch import StepBatch
+from finestep.credit.config import CreditConfig
+from finestep.credit.ops import ZERO_SPREAD_RTOL
+
+__all__ = ["REFERENCES", "reference_advantages"]
+
+
+def _trajectories(batch: StepBatch) -> list[dict]:
+    """Per trajectory: group key, R, and the flat indices, rewards, flags, anchors and linked steps."""
+    neighbours: dict[int, set[int]] = {}
+    for a, b in zip(batch.link_src.tolist(), batch.link_dst.tolist()):
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
+    steps_of: list[list[int]] = [[] for _ in range(batch.n_traj)]
+    for s, i in enumerate(batch.traj.tolist()):
+        steps_of[i].append(s)
+    group, outcome = batch.group.tolist(), batch.outcome.tolist()
+    reward, solution, anchor = batch.process_reward.tolist(), batch.is_solution.tolist(), batch.anchor.tolist()
+    out = []
+    for i, steps in enumerate(steps_of):
+        out.append({
+            "group": group[i],
+            "R": outcome[i],
+            "steps": steps,
+            "r": [reward[s] for s in steps],
+            "sol": [solution[s] for s in steps],
+            "anchor": [anchor[s] for s in steps],
+            "links": [sorted(neighbours.get(s, ())) for s in steps],
+        })
+    return out
+
+
+def _normalize(values: list[float], sources: list[int], mode: str, eps: float) -> list[float]:
+    """Normalize one group's stream: (v - mean) / (sample std + eps), or v - mean, or v; 0 if degenerate.
+
+    The sample std's n - 1 counts trajectories: n values from k trajectories divide by n (k - 1) / k.
+    """
+    n = len(values)
+    if mode == "none":
+        return list(values)
+    k = len(set(sources))
+    if n < 2 or k < 2:
+        return [0.0] * n
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n * (k - 1) / k))
+    if std <= ZERO_SPREAD_RTOL * (1 + abs(mean)):
+        return [0.0] * n
+    if mode == "center":
+        return [v - mean for v in values]
+    return [(v - mean) / (std + eps) for v in values]
+
+
+def _by_group(trajs: list[dict]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, tr in enumerate(trajs):
+        groups.setdefault(tr["group"], []).append(i)
+    return groups
+
+
+def _normalize_buckets(buckets: dict, mode: str, eps: float, out: dict[int, float]) -> None:
+    """buckets: key -> list of (flat step, trajectory, value); writes normalized values into out[flat step]."""
+    for items in buckets.values():
+        normed = _normalize([v for _, _, v in items], [i for _, i, _ in items], mode, eps)
+        for (s, _, _), z in zip(items, normed):
+            out[s] = z
+
+
+def ref_finestep(batch: StepBatch, config: CreditConfig) -> np.ndarray:
+    """FineStep by the definitions, one trajectory and one step at a time."""
+    trajs = _trajectories(batch)
+    P: dict[int, float] = {}
+    O: dict[int, float] = {}
+    for tr in trajs:
+        T = len(tr["steps"])
+        for t, s in enumerate(tr["steps"]):  # t is 0-based: exponent (T - 1) - t == T_i - t with 1-based t
+            P[s] = sum(config.gamma_p ** (k - t) * tr["r"][k] for k in range(t, T))
+            O[s] = config.gamma_o ** (T - 1 - t) * tr["R"]
+    P_smooth: dict[int, float] = {}
+    for tr in trajs:
+        for s, linked in zip(tr["steps"], tr["links"]):
+            if linked:
+                P_smooth[s] = (1 - config.beta) * P[s] + config.beta * sum(P[k] for k in linked) / len(linked)
+            else:
+                P_smooth[s] = P[s]
+    A_O: dict[int, float] = {}
+    A_P: dict[int, float] = {}
+    for g, members in _by_group(trajs).items():
+        o_buckets: dict = {}
+        p_buckets: dict = {}
+        for i in members:
+            for t, s in enumerate(trajs[i]["steps"]):
+                key = (g, t) if config.per_step_index_norm else g
+                o_buckets.setdefault(key, []).append((s, i, O[s]))
+                if not (config.process_internal_only and trajs[i]["sol"][t]):
+                    p_buckets.setdefault(key, []).append((s, i, P_smooth[s]))
+        _normalize_buckets(o_buckets, config.normalize, config.eps, A_O)
+        _normalize_buckets(p_buckets, config.normalize, config.eps, A_P)
+    lam = config.lam if config.use_process else 0.0
+    return np.array([A_O[s] + lam * A_P.get(s, 0.0) for s in range(batch.n_steps)], dtype=np.float64)
+
+
+def _trajectory_scores(
+    batch: StepBatch, trajs: list[dict], scores: list[float], config: CreditConfig
+) -> np.ndarray:
+    A = [0.0] * len(trajs)
+    for members in _by_group(trajs).values():
+        normed = _normalize([scores[i] for i in members], members, config.normalize, config.eps)
+        for i, z in zip(members, normed):
+            A[i] = z
+    out = np.zeros(batch.n_steps)
+    for i, tr in enumerate(trajs):
+        for s in tr["steps"]:
+            out[s] = A[i]
+    return out
+
+
+def ref_grpo(batch: StepBatch, config: CreditConfig) -> np.ndarray:
+    """GRPO: the trajectory's normalized R on each of its steps."""
+    trajs = _trajectories(batch)
+    return _trajectory_scores(batch, trajs, [tr["R"] for tr in trajs], config)
+
+
+def ref_grpo_shaped(batch: StepBatch, config: CreditConfig) -> np.ndarray:
+    """GRPO on R + sum of process rewards."""
+    trajs = _trajectories(batch)
+    return _trajectory_scores(batch, trajs, [tr["R"] + sum(tr["r"]) for tr in trajs], config)
+
+
+def ref_rloo(batch: StepBatch, config: CreditConfig) -> np.ndarray:
+    """RLOO: R_i minus the mean of the other trajectories' R (0 in a group of one or with equal R)."""
+    trajs = _trajectories(batch)
+    out = np.zeros(batch.n_steps)
+    for members in _by_group(trajs).values():
+        values = [trajs[i]["R"] for i in members]
+        if len(members) < 2 or max(values) == min(values):
+            continue
+        for i in members:
+            others = [trajs[j]["R"] for j in members if j != i]
+            for s in trajs[i]["steps"]:
+                out[s] = trajs[i]["R"] - sum(others) / len(others)
+    return out
+
+
+def _step_rewards(tr: dict) -> list[float]:
+    T = len(tr["r"])
+    return [tr["r"][t] + (tr["R"] if t == T - 1 else 0.0) for t in range(T)]
+
+
+def ref_gigpo(batch: StepBatch, config: CreditConfig) -> np.ndarray:
+    """Episode GRPO plus omega times the return normalized within (group, anchor) buckets."""
+    trajs = _trajectories(batch)
+    episode = ref_grpo(batch, config)
+    step_adv: dict[int, float] = {}
+    buckets: dict = {}
+    for i, tr in enumerate(trajs):
+        rew = _step_rewards(tr)
+        T = len(rew)
+        for t, s in enumerate(tr["steps"]):
+            ret = sum(config.gigpo_gamma ** (k - t) * rew[k] for k in range(t, T))
+            if tr["anchor"][t] >= 0:
+                buckets.setdefault((tr["group"], tr["anchor"][t]), []).append((s, i, ret))
+    for items in buckets.values():
+        if len({i for _, i, _ in items}) < 2:
+            continue
+        normed = _normalize([v for _, _, v in items], [i for _, i, _ in items], config.normalize, config.eps)
+        for (s, _, _), z in zip(items, normed):
+            step_adv[s] = z
+    return np.array([episode[s] + config.omega * step_adv.get(s, 0.0) for s in range(batch.n_steps)])
+
+
+def ref_ps_grpo(batch: StepBatch, config: CreditConfig) -> np.ndarray:
+    """Step rewards (R added on the last step) normalized over the group, summed from each step to the end."""
+    trajs = _trajectories(batch)
+    normalized: dict[int, float] = {}
+    buckets: dict = {}
+    for i, tr in enumerate(trajs):
+        for s, rew in zip(tr["steps"], _step_rewards(tr)):
+            buckets.setdefault(tr["group"], []).append((s, i, rew))
+    _normalize_buckets(buckets, config.normalize, config.eps, normalized)
+    out = np.zeros(batch.n_steps)
+    for tr in trajs:
+        for t, s in enumerate(tr["steps"]):
+            out[s] = sum(normalized[k] for k in tr["steps"][t:])
+    return out
+
+
+REFERENCES: dict[str, Callable[[StepBatch, CreditConfig], np.ndarray]] = {
+    "finestep": ref_finestep,
+    "grpo": ref_grpo,
+    "grpo_shaped": ref_grpo_shaped,
+    "rloo": ref_rloo,
+    "gigpo": ref_gigpo,
+    "ps_grpo": ref_ps_grpo,
+}
+
+
+def reference_advantages(batch: StepBatch, config: CreditConfig) -> np.ndarray:
+    """(S,) advantages of ``config.estimator`` computed by the loop reference."""
+    if config.estimator not in REFERENCES:
+        raise ValueError(f"no reference for {config.estimator!r}; expected one of {sorted(REFERENCES)}")
+    return REFERENCES[config.estimator](batch, config)
