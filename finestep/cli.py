@@ -70,6 +70,25 @@ def _cmd_sql(args: argparse.Namespace, console: Console) -> int:
     return 0 if result.ok else 1
 
 
+def _cmd_credit(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from finestep.atomic import atomic_write_text
+    from finestep.eval.credit_inspect import inspect_credit, print_credit_tables
+
+    lines = inspect_credit(args.input, args.estimator, args.overrides)
+    text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    show_table = args.table if args.table is not None else console.is_terminal
+    if show_table:
+        print_credit_tables(lines, console)
+    if args.out:
+        atomic_write_text(args.out, text)
+        console.print(f"wrote {len(lines)} trajectories to {args.out}")
+    elif not console.is_terminal:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(
@@ -107,6 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("--turns-left", type=int, help="append the turns-left line as in a rollout")
     sq.add_argument("-v", "--verbose", action="store_true", help="also print timing and error kind")
     sq.set_defaults(handler=_cmd_sql)
+
+    cr = commands.add_parser(
+        "credit",
+        help="rewards and step-level advantages of a trajectory file (JSONL)",
+        description=(
+            "Compute outcome and process rewards, logical links and step advantages for trajectories "
+            "(one JSON object per line, see docs/trajectories.md). Given values are used as is; missing ones are "
+            "computed by executing the SQL on db_path. Trajectories with the same task_id form one group."
+        ),
+        epilog="overrides: e.g. beta=0 lam=0.3 normalize=none rewards.process.redundant=-0.5 "
+        "rewards.process.weights.grounded=0 (bare keys are credit.* fields)",
+    )
+    cr.add_argument("--input", type=Path, required=True, help="trajectory JSONL file")
+    cr.add_argument("--estimator", default="finestep", help="finestep, grpo, grpo_shaped, rloo, gigpo or ps_grpo")
+    cr.add_argument("--out", type=Path, help="write the scored trajectories as JSONL here")
+    cr.add_argument(
+        "--table", action=argparse.BooleanOptionalAction, default=None,
+        help="print a table per task (default: when the output is a terminal)",
+    )  # fmt: skip
+    cr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    cr.set_defaults(handler=_cmd_credit)
     return parser
 
 

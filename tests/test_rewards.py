@@ -30,9 +30,9 @@ def run(db: Path, *actions: tuple[str, str]) -> list[RewardStep]:
     return [RewardStep(kind, sql, execute(db, sql) if sql else None) for kind, sql in actions]  # type: ignore[arg-type]
 
 
-def rewards(db: Path, steps: list[RewardStep], config: ProcessConfig = ProcessConfig()) -> list[dict[str, float]]:
+def rewards(db: Path, steps: list[RewardStep], config: ProcessConfig | None = None) -> list[dict[str, float]]:
     gold = execute(db, GOLD)
-    return process_rewards(steps, config, schema_columns(db), gold.rows, GOLD)
+    return process_rewards(steps, config or ProcessConfig(), schema_columns(db), gold.rows, GOLD)
 
 
 def test_canonical_form_ignores_case_quoting_whitespace_and_semicolon() -> None:
@@ -140,3 +140,9 @@ def test_spider_missing_column_and_repeat(spider: Path) -> None:
     assert process_rewards([missing], ProcessConfig(), schema_columns(db))[0] == {
         "executes": -0.2, "redundant": 0.0, "grounded": -0.2, "progress": 0.0, "format": 0.0
     }  # fmt: skip
+
+
+def test_running_a_failed_query_again_is_not_a_repair(db: Path) -> None:
+    steps = run(db, ("sql", "SELECT nme FROM player"), ("sql", "select NME from player;"), ("sql", "SELECT name FROM player"))
+    # step 1 repeats step 0 (same canonical form); step 2 edits it and repairs both the failure and the repeat
+    assert step_links(steps, LinkConfig()) == [[], [], [0, 1]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["OutcomeConfig", "ProcessConfig", "RewardConfig", "RULE_NAMES"]
+__all__ = ["RULE_NAMES", "OutcomeConfig", "ProcessConfig", "RewardConfig"]
 
 RULE_NAMES = ("executes", "redundant", "grounded", "progress", "format")
 

@@ -1,7 +1,8 @@
 """Logical links between the steps of a trajectory (FINESTEP.md section 2, 'Logical').
 
 Step t *repairs* step k < t when k failed (an error, an empty result, or a repeat of an earlier query) and t's
-SQL is a near-edit of k's (token similarity >= ``link_threshold``). Step t *uses* step k when t's SQL compares
+SQL is a near-edit of k's: token similarity >= ``link_threshold`` and a different canonical form (running the same
+query again repairs nothing). Step t *uses* step k when t's SQL compares
 against a literal value that first appeared in k's observation (among the rows the agent was shown) and not in
 the question. Links are recorded on the later step, pointing back.
 """
@@ -35,7 +36,7 @@ def step_links(steps: Sequence[RewardStep], config: LinkConfig, context_text: st
 
     ``context_text`` is the question (and evidence): a literal found there did not come from an observation.
     """
-    canonical = [canonical_sql(s.sql) if s.kind == "sql" and s.sql else None for s in steps]
+    canonical = [canonical_sql(s.sql) if s.kind in ("sql", "solution") and s.sql else None for s in steps]
     failed = [
         s.kind == "sql" and s.sql is not None and (s.failed or canonical[k] in canonical[:k])
         for k, s in enumerate(steps)
@@ -46,7 +47,11 @@ def step_links(steps: Sequence[RewardStep], config: LinkConfig, context_text: st
         linked: set[int] = set()
         if step.sql and step.kind in ("sql", "solution"):
             for k in range(t):
-                if failed[k] and sql_similarity(step.sql, steps[k].sql or "") >= config.link_threshold:
+                if (
+                    failed[k]
+                    and canonical[k] != canonical[t]
+                    and sql_similarity(step.sql, steps[k].sql or "") >= config.link_threshold
+                ):
                     linked.add(k)
             for value in query_literals(step.sql):
                 k = first_seen.get(value)
