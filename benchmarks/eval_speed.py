@@ -8,8 +8,9 @@ Four variants run over the same pairs:
 
 - ``plain loop``: one process, a bare ``sqlite3.connect`` per question, both queries, ``fetchall``,
   ``set(a) == set(b)``. There are no safety checks at all: this is the baseline.
-- ``ours, 1 process``: ``score_predictions(..., workers=1)``, i.e. ``score_pair`` in a loop. Every query
-  runs in the read-only sandbox (``mode=ro``, an authorizer, a progress-handler deadline, capped fetches).
+- ``ours, 1 process``: ``score_predictions(..., workers=1)``. Every query runs in the read-only sandbox
+  (``mode=ro``, an authorizer, a progress-handler deadline per query, capped fetches); consecutive questions
+  on one database (runs of up to 16) share one connection, opened and closed around the run.
   Target: at most 1.3x the time of the plain loop.
 - ``classic pool``: how BIRD's ``evaluation_ex.py`` and test-suite-sql-eval do it. A
   ``multiprocessing.Pool`` gets one ``apply_async`` per question, and each query (on its own connection, as

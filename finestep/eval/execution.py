@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from finestep.data.task import Benchmark
+from finestep.data.task import Benchmark, Task
 from finestep.sql.compare import results_match
 from finestep.sql.executor import ExecutionResult, SandboxLimits, default_workers, execute_on, parallel_map
 
-__all__ = ["EVAL_LIMITS", "EvalReport", "QuestionScore", "score_pair", "score_predictions"]
+__all__ = ["EVAL_LIMITS", "EvalReport", "QuestionScore", "score_pair", "score_pairs", "score_predictions"]
 
 # BIRD's scorer gives each query 30 s; results are fetched whole (up to these caps) so that they can be compared.
 EVAL_LIMITS = SandboxLimits(timeout_s=30.0, max_rows=1_000_000, max_bytes=512 * 2**20, max_value_bytes=64 * 2**20)
@@ -34,16 +35,11 @@ def _describe(side: str, result: ExecutionResult) -> str:
     return f"{side} {result.error_kind}: {result.error}"
 
 
-def score_pair(job: tuple[str | None, str, str, str, SandboxLimits]) -> tuple[bool, str | None]:
-    """Execute a prediction and its gold query on one database and compare them.
-
-    ``job`` is ``(pred_sql, gold_sql, db_path, metric, limits)``; returns ``(correct, error)`` where ``error``
-    says why a prediction failed or could not be compared (``None`` when both ran).
-    """
-    pred_sql, gold_sql, db_path, metric, limits = job
+def _verdict(
+    pred_sql: str | None, pred: ExecutionResult, gold: ExecutionResult, gold_sql: str, metric: str, limits: SandboxLimits
+) -> tuple[bool, str | None]:
     if pred_sql is None:
         return False, "no prediction"
-    pred, gold = execute_on(db_path, [pred_sql, gold_sql], limits)
     if not pred.ok:
         return False, _describe("prediction", pred)
     if not gold.ok:
@@ -52,6 +48,41 @@ def score_pair(job: tuple[str | None, str, str, str, SandboxLimits]) -> tuple[bo
         side = "prediction" if pred.truncated else "gold"
         return False, f"{side} result over the size limit ({limits.max_rows} rows / {limits.max_bytes} bytes)"
     return results_match(pred.rows, gold.rows, gold_sql, metric), None
+
+
+def score_pairs(
+    job: tuple[str, Sequence[tuple[str | None, str]], str, SandboxLimits],
+) -> list[tuple[bool, str | None]]:
+    """Execute predictions and their gold queries on one database and compare each pair.
+
+    ``job`` is ``(db_path, [(pred_sql, gold_sql), ...], metric, limits)``; all queries run on one read-only
+    connection (closed before returning), each within its own limits. Returns ``(correct, error)`` per pair,
+    where ``error`` says why a prediction failed or could not be compared (``None`` when both ran).
+    """
+    db_path, pairs, metric, limits = job
+    queries = [q for pred_sql, gold_sql in pairs for q in (pred_sql or "", gold_sql)]
+    results = execute_on(db_path, queries, limits)
+    return [
+        _verdict(pred_sql, results[2 * i], results[2 * i + 1], gold_sql, metric, limits)
+        for i, (pred_sql, gold_sql) in enumerate(pairs)
+    ]
+
+
+def score_pair(job: tuple[str | None, str, str, str, SandboxLimits]) -> tuple[bool, str | None]:
+    """One prediction against its gold query: ``job = (pred_sql, gold_sql, db_path, metric, limits)``."""
+    pred_sql, gold_sql, db_path, metric, limits = job
+    return score_pairs((db_path, [(pred_sql, gold_sql)], metric, limits))[0]
+
+
+def _chunks_by_database(tasks: list[Task], max_chunk: int) -> list[list[Task]]:
+    """Consecutive tasks on the same database, in runs of at most ``max_chunk`` (input order kept)."""
+    chunks: list[list[Task]] = []
+    for task in tasks:
+        if chunks and chunks[-1][0].db_path == task.db_path and len(chunks[-1]) < max_chunk:
+            chunks[-1].append(task)
+        else:
+            chunks.append([task])
+    return chunks
 
 
 @dataclass
@@ -120,9 +151,15 @@ def score_predictions(
         raise ValueError(f"{len(predictions)} predictions for {len(benchmark.tasks)} questions")
     workers = default_workers() if workers is None else workers
     start = time.perf_counter()
-    available = benchmark.available
-    jobs = [(predictions[t.index], t.gold_sql, str(t.db_path), metric, limits) for t in available]
-    verdicts = dict(zip((t.index for t in available), parallel_map(score_pair, jobs, workers, on_progress)))
+    # Questions on one database share a connection (opening one costs more than most Spider queries); runs are
+    # capped so that the pool still balances its work.
+    chunks = _chunks_by_database(benchmark.available, max_chunk=16)
+    jobs = [(str(c[0].db_path), [(predictions[t.index], t.gold_sql) for t in c], metric, limits) for c in chunks]
+    done = list(itertools.accumulate(len(c) for c in chunks))
+    progress = None if on_progress is None else (lambda n: on_progress(done[n - 1]))
+    verdicts: dict[int, tuple[bool, str | None]] = {}
+    for chunk, chunk_verdicts in zip(chunks, parallel_map(score_pairs, jobs, workers, progress, chunksize=1)):
+        verdicts.update(zip((t.index for t in chunk), chunk_verdicts))
     scores = []
     for task in benchmark.tasks:
         correct, error = verdicts.get(task.index, (None, f"database {task.db_id} not found"))

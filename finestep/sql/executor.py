@@ -202,13 +202,16 @@ def _fetch_capped(cursor: sqlite3.Cursor, limits: SandboxLimits) -> tuple[list[t
     nbytes = 0
     batch_size = 64
     while True:
-        batch = cursor.fetchmany(min(batch_size, limits.max_rows + 1 - len(rows)))
+        wanted = min(batch_size, limits.max_rows + 1 - len(rows))
+        batch = cursor.fetchmany(wanted)
         if not batch:
             return rows, nbytes, False, False
         size = len(repr(batch))
         if nbytes + size <= limits.max_bytes and len(rows) + len(batch) <= limits.max_rows:
             rows.extend(batch)
             nbytes += size
+            if len(batch) < wanted:  # a short batch: the result is exhausted, no need to ask again
+                return rows, nbytes, False, False
             batch_size = max(1, min(1024, (limits.max_bytes - nbytes) * len(batch) // (8 * size)))
             continue
         for row in batch:  # this batch crosses a cap: take rows one by one up to it
