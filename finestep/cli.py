@@ -76,7 +76,7 @@ def _cmd_credit(args: argparse.Namespace, console: Console) -> int:
     from finestep.atomic import atomic_write_text
     from finestep.eval.credit_inspect import inspect_credit, print_credit_tables
 
-    lines = inspect_credit(args.input, args.estimator, args.overrides)
+    lines = inspect_credit(args.input, args.estimator, args.overrides, args.db_root)
     text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
     show_table = args.table if args.table is not None else console.is_terminal
     if show_table:
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--input", type=Path, required=True, help="trajectory JSONL file")
     cr.add_argument("--estimator", default="finestep", help="finestep, grpo, grpo_shaped, rloo, gigpo or ps_grpo")
     cr.add_argument("--out", type=Path, help="write the scored trajectories as JSONL here")
+    cr.add_argument("--db-root", type=Path, help="folder that relative db_path values start from (default: the input's folder)")
     cr.add_argument(
         "--table", action=argparse.BooleanOptionalAction, default=None,
         help="print a table per task (default: when the output is a terminal)",

@@ -109,7 +109,7 @@ def test_table_on_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_example_file_runs(spider: Path, tmp_path: Path) -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / "trajectories.jsonl"
-    lines = inspect_credit(example, "finestep", [])
+    lines = inspect_credit(example, "finestep", [], db_root=spider / "database")
     assert [line["trajectory_id"] for line in lines] == ["a", "b", "c", "d", "x", "y"]
     b = lines[1]
     assert b["process_rewards"][1]["redundant"] == -0.3

@@ -42,18 +42,20 @@ def _finite(values: np.ndarray | None, index: int) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def inspect_credit(path: str | Path, estimator: str, overrides: list[str]) -> list[dict[str, Any]]:
+def inspect_credit(
+    path: str | Path, estimator: str, overrides: list[str], db_root: str | Path | None = None
+) -> list[dict[str, Any]]:
     """Score every trajectory of ``path`` and compute step advantages with ``estimator``.
 
     Returns the input lines (as dicts, in input order) with ``outcome`` and the steps' ``process_reward`` and
     ``links`` filled in where they were missing, and ``process_rewards`` (per rule, ``None`` where the reward was
     given), ``step_returns`` (``process``, ``smoothed_process``, ``outcome``) and ``advantages`` added, one entry
-    per step.
+    per step. Relative ``db_path`` values are resolved against ``db_root`` (default: the file's folder).
     """
     config = apply_overrides(InspectConfig(), resolve_overrides([f"estimator={estimator}", *overrides]))
     sandbox = SqlSandbox()
     scored: list[ScoredTrajectory] = [
-        score_trajectory(record, sandbox, config.rewards) for record in read_trajectories(path)
+        score_trajectory(record, sandbox, config.rewards) for record in read_trajectories(path, db_root)
     ]
     batch = StepBatch.from_lists(
         groups=[s.record.task_id for s in scored],

@@ -74,7 +74,7 @@ def _validate_step(step: Any, where: str, index: int) -> None:
             _expect(isinstance(step[flag], bool), f"{where}.{flag}", "expected true or false")
 
 
-def _parse_line(text: str, where: str, base_dir: Path) -> tuple[dict[str, Any], Path | None]:
+def _parse_line(text: str, where: str, db_root: Path) -> tuple[dict[str, Any], Path | None]:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -96,14 +96,18 @@ def _parse_line(text: str, where: str, base_dir: Path) -> tuple[dict[str, Any], 
     db_path = None
     if raw.get("db_path"):
         db_path = Path(raw["db_path"])
-        if not db_path.is_absolute() and (base_dir / db_path).exists():
-            db_path = base_dir / db_path
+        if not db_path.is_absolute():
+            db_path = db_root / db_path
     return raw, db_path
 
 
-def read_trajectories(path: str | Path) -> list[TrajectoryRecord]:
-    """Read and validate a trajectory JSONL file (blank lines skipped)."""
+def read_trajectories(path: str | Path, db_root: str | Path | None = None) -> list[TrajectoryRecord]:
+    """Read and validate a trajectory JSONL file (blank lines skipped).
+
+    A relative ``db_path`` is resolved against ``db_root`` (default: the file's own folder).
+    """
     path = Path(path)
+    root = Path(db_root) if db_root is not None else path.parent
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -112,7 +116,7 @@ def read_trajectories(path: str | Path) -> list[TrajectoryRecord]:
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
-        raw, db_path = _parse_line(text, f"{path}:{number}", path.parent)
+        raw, db_path = _parse_line(text, f"{path}:{number}", root)
         records.append(
             TrajectoryRecord(
                 line=number, task_id=raw["task_id"], trajectory_id=raw["trajectory_id"], steps=raw["steps"],
@@ -183,7 +187,7 @@ def score_trajectory(record: TrajectoryRecord, sandbox: SqlSandbox, config: Rewa
         )
     rule_values = [None if "process_reward" in s else computed[t] for t, s in enumerate(record.steps)]  # type: ignore[index]
     rewards = [
-        float(s["process_reward"]) if "process_reward" in s else sum(rule_values[t].values())  # type: ignore[union-attr]
+        float(s["process_reward"]) if "process_reward" in s else round(sum(rule_values[t].values()), 12)  # type: ignore[union-attr]
         for t, s in enumerate(record.steps)
     ]
     linked = step_links(steps, config.links, record.question) if "steps[].links" in missing else None
