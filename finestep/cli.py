@@ -89,6 +89,44 @@ def _cmd_credit(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace, console: Console) -> int:
+    from finestep.train.config import load_train_config
+    from finestep.train.rl import RLTrainer
+
+    run_dir = args.resume or args.run_dir
+    if args.resume:
+        from finestep.train.config import load_train_config as load
+
+        config = load(args.resume / "config.yaml", args.overrides)
+    else:
+        config = load_train_config(args.config, args.overrides)
+    with console.status("setting up (data, model, tokenizer)..."):
+        trainer = RLTrainer(config, run_dir, resume=bool(args.resume))
+    console.print(
+        f"run {run_dir}: {len(trainer.train_tasks)} training tasks, {len(trainer.eval_tasks)} held-out; "
+        f"estimator {config.credit.estimator}; starting at step {trainer.step} of {config.trainer.max_steps}"
+    )
+    with _progress(console) as progress:
+        bar = progress.add_task("training", total=config.trainer.max_steps, completed=trainer.step)
+
+        def show(m: dict[str, float]) -> None:
+            progress.update(bar, completed=int(m["step"]))
+            progress.console.print(
+                f"step {int(m['step']):4d}  reward {m['reward']:+.3f}  EX {m['ex']:5.1f}  tool calls "
+                f"{m['tool_calls']:.2f}  redundant {m['redundant_rate']:.2f}  kl {m.get('approx_kl', 0.0):.4f}  "
+                f"clip {m.get('clip_frac', 0.0):.2f}  {m['tokens_per_s']:.0f} tok/s  {m['time_step']:.1f} s",
+                highlight=False,
+            )
+
+        final = trainer.run(on_step=show)
+    console.print(
+        f"held-out: EX {final.get('ex', 0.0):.1f}  tool calls {final.get('tool_calls', 0.0):.2f}  "
+        f"format failures {final.get('format_failure_rate', 0.0):.2f}; metrics in {run_dir / 'metrics.jsonl'}, "
+        f"checkpoints in {run_dir / 'checkpoints'}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(
@@ -148,16 +186,44 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     cr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     cr.set_defaults(handler=_cmd_credit)
+
+    tr = commands.add_parser(
+        "train",
+        help="RL training with step-level credit (rollouts, rewards, credit, PPO-clip)",
+        description="Train a policy with RL. Metrics go to RUN_DIR/metrics.jsonl, checkpoints to RUN_DIR/checkpoints/.",
+        epilog="overrides: e.g. trainer.max_steps=3 credit.estimator=grpo rollout.group_size=8 optim.lr=1e-5",
+    )
+    source = tr.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="YAML config (see configs/)")
+    source.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    tr.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="output folder (default runs/train)")
+    tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    tr.set_defaults(handler=_cmd_train)
     return parser
+
+
+def _quiet_libraries() -> None:
+    # Our own progress bars say what is happening; the libraries' per-file bars and hub notices are noise.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``finestep`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "sft", "agent-eval", "ask"):
+        _quiet_libraries()
     console = Console(stderr=args.command == "sql")
     try:
         return args.handler(args, console)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
         Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         return 2
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ A config error names the key and what was expected, e.g. ``credit.gamma_p: expec
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "apply_overrides", "from_dict", "parse_value", "to_dict"]
+__all__ = ["ConfigError", "apply_overrides", "from_dict", "merge_overrides", "parse_value", "to_dict"]
 
 C = TypeVar("C")
 
@@ -97,8 +98,12 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
         return cls(**values)
     except (TypeError, ValueError) as exc:
         message = str(exc)
-        if message.split(":", 1)[0] in fields:  # the dataclass named its own field: make it a dotted key
+        head = message.split(":", 1)[0]
+        if head.split(".")[0] in fields and " " not in head:  # "field: ..." or "section.field: ...": dotted key
             raise ConfigError(f"{prefix}{message}") from None
+        first_word = message.split(" ", 1)[0]
+        if first_word in fields:  # "field must be ...": name the dotted key too
+            raise ConfigError(f"{prefix}{first_word}: {message}") from None
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {message}") from None
 
 
@@ -107,9 +112,9 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def apply_overrides(config: C, overrides: Iterable[str]) -> C:
-    """A copy of ``config`` with dotted ``key=value`` overrides applied (``rewards.weights.redundant=0``)."""
-    data = to_dict(config)
+def merge_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """A copy of the nested mapping ``data`` with dotted ``key=value`` overrides set (validated later)."""
+    data = copy.deepcopy(data)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -117,18 +122,14 @@ def apply_overrides(config: C, overrides: Iterable[str]) -> C:
         node = data
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"{'.'.join(parts[: depth + 1])}: unknown key")
-            node = node[part]
-        if parts[-1] not in node and _parent_is_dataclass(config, parts):
-            raise ConfigError(f"{key}: unknown key; expected one of {sorted(node)}")
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(parts[: depth + 1])}: is a value, not a section")
+            node = child
         node[parts[-1]] = parse_value(text)
-    return from_dict(type(config), data)
+    return data
 
 
-def _parent_is_dataclass(config: Any, parts: list[str]) -> bool:
-    """Whether the parent of the dotted key ``parts`` is a dataclass (its keys are fixed) rather than a dict."""
-    node = config
-    for part in parts[:-1]:
-        node = getattr(node, part, None) if dataclasses.is_dataclass(node) else None
-    return dataclasses.is_dataclass(node)
+def apply_overrides(config: C, overrides: Iterable[str]) -> C:
+    """A copy of ``config`` with dotted ``key=value`` overrides applied (``rewards.weights.redundant=0``)."""
+    return from_dict(type(config), merge_overrides(to_dict(config), overrides))

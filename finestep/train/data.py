@@ -1,0 +1,72 @@
+"""Training and held-out tasks, and a resumable, seeded order of training tasks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finestep.data import load_benchmark
+from finestep.data.task import DataError, Task
+from finestep.train.config import DataConfig
+
+__all__ = ["TaskSampler", "load_task_split"]
+
+
+def _data_path(config: DataConfig) -> Path:
+    if config.path:
+        return Path(os.path.expandvars(config.path))
+    if config.benchmark == "spider":
+        return Path(os.environ.get("FINESTEP_SPIDER_DIR", "../shared/data/spider"))
+    raise DataError("data.path: required for benchmark bird (the folder with dev.json and dev_databases/)")
+
+
+def load_task_split(config: DataConfig) -> tuple[list[Task], list[Task]]:
+    """Available tasks split by database: the first ``eval_databases`` databases (sorted) are held out."""
+    benchmark = load_benchmark(config.benchmark, _data_path(config))
+    tasks = benchmark.available
+    databases = sorted({t.db_id for t in tasks})
+    if config.eval_databases >= len(databases):
+        raise DataError(
+            f"data.eval_databases: {config.eval_databases} held-out databases leave none of the "
+            f"{len(databases)} for training"
+        )
+    held_out = set(databases[: config.eval_databases])
+    train = [t for t in tasks if t.db_id not in held_out][: config.max_train_tasks]
+    evaluation = [t for t in tasks if t.db_id in held_out][: config.max_eval_tasks]
+    if not train:
+        raise DataError("data: no training tasks (check data.path and data.max_train_tasks)")
+    return train, evaluation
+
+
+class TaskSampler:
+    """Indices of training tasks, epoch after epoch, each epoch a fresh seeded permutation; resumable."""
+
+    def __init__(self, n_tasks: int, seed: int) -> None:
+        self.n_tasks, self.seed = n_tasks, seed
+        self.epoch, self.cursor = 0, 0
+
+    def _order(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n_tasks)
+
+    def next(self, count: int) -> list[int]:
+        """The next ``count`` task indices (crossing into the next epoch when one runs out)."""
+        out: list[int] = []
+        while len(out) < count:
+            order = self._order()
+            take = min(count - len(out), self.n_tasks - self.cursor)
+            out.extend(int(i) for i in order[self.cursor : self.cursor + take])
+            self.cursor += take
+            if self.cursor == self.n_tasks:
+                self.epoch, self.cursor = self.epoch + 1, 0
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n_tasks": self.n_tasks, "seed": self.seed, "epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["n_tasks"] != self.n_tasks:
+            raise ValueError(f"checkpoint was made with {state['n_tasks']} training tasks, the data has {self.n_tasks}")
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])

@@ -1,0 +1,239 @@
+"""The RL loop: sample tasks, roll out, reward, credit, token advantages, PPO-clip update; evaluate; checkpoint.
+
+``RLTrainer(config, run_dir).run()`` trains for ``trainer.max_steps`` steps, writing ``run_dir/metrics.jsonl``
+(one line per step, and evaluation lines) and ``run_dir/checkpoints/``. ``RLTrainer(..., resume=True)``
+continues from the newest checkpoint exactly: step, optimizer, scheduler, RNG states and data order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finestep.agent.generators import get_generator
+from finestep.agent.protocol import get_protocol
+from finestep.agent.rollout import RolloutConfig, RolloutTimes, cached_schema, rollout
+from finestep.atomic import atomic_write_text
+from finestep.config import to_dict
+from finestep.data.task import Task
+from finestep.eval.episodes import episode_metrics, score_episodes
+from finestep.models import build_tiny_model, load_model, load_tokenizer
+from finestep.sql.executor import SqlSandbox
+from finestep.train.batch import build_token_batch, credit_rollout
+from finestep.train.checkpoint import capture_rng, latest_checkpoint, load_trainer_state, restore_rng, save_checkpoint
+from finestep.train.config import TrainConfig, save_train_config
+from finestep.train.data import TaskSampler, load_task_split
+from finestep.train.logging import MetricsLog
+from finestep.train.update import policy_update
+
+__all__ = ["RLTrainer", "model_corpus"]
+
+
+def model_corpus(tasks: list[Task], sample_values: int) -> list[str]:
+    """Texts a tiny model's tokenizer is trained on: questions, evidence, schemas and gold SQL."""
+    texts = [f"{t.question}\n{t.evidence}\n{t.gold_sql}" for t in tasks]
+    texts += [cached_schema(str(p), sample_values, 20_000) for p in sorted({t.db_path for t in tasks})]
+    return texts
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class RLTrainer:
+    """One training run; see the module docstring."""
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, resume: bool = False) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = _device(config.trainer.device)
+        torch.manual_seed(config.trainer.seed)
+        np.random.seed(config.trainer.seed)
+        self.train_tasks, self.eval_tasks = load_task_split(config.data)
+        checkpoint = latest_checkpoint(self.run_dir) if resume else None
+        if resume and checkpoint is None:
+            raise FileNotFoundError(f"{self.run_dir}: no checkpoint to resume from (checkpoints/latest)")
+        self.model, self.tokenizer = self._load_policy(checkpoint)
+        self.reference = self._load_reference() if config.optim.kl_coef > 0 else None
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay
+        )
+        warmup = config.optim.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda n: min(1.0, (n + 1) / warmup) if warmup > 0 else 1.0
+        )
+        self.sampler = TaskSampler(len(self.train_tasks), config.trainer.seed)
+        self.sample_rng = torch.Generator().manual_seed(config.trainer.seed)
+        self.shuffle_rng = np.random.default_rng(config.trainer.seed)
+        self.step = 0
+        if checkpoint is not None:
+            self._restore(load_trainer_state(checkpoint))
+        self.sandbox = SqlSandbox()
+        self.protocol = get_protocol(config.rollout.protocol)
+        self.generator = get_generator(config.model.generator, model=self.model, tokenizer=self.tokenizer)
+        self.log = MetricsLog(self.run_dir, config.trainer, to_dict(config), resume_after=self.step)
+        atomic_write_text(self.run_dir / "config.yaml", save_train_config(config))
+
+    # --- set-up ------------------------------------------------------------------------------------------------
+
+    def _model_source(self) -> Path:
+        cfg = self.config.model
+        if cfg.init == "pretrained":
+            return Path(cfg.path or "")
+        source = self.run_dir / "model-init"
+        if not (source / "config.json").is_file():
+            tiny = cfg.tiny
+            build_tiny_model(
+                model_corpus(self.train_tasks + self.eval_tasks, self.config.rollout.schema_sample_values), source,
+                vocab_size=tiny.vocab_size, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
+                num_heads=tiny.num_heads, num_kv_heads=tiny.num_kv_heads, intermediate_size=tiny.intermediate_size,
+                max_position_embeddings=tiny.max_position_embeddings, seed=self.config.trainer.seed,
+            )  # fmt: skip
+        return source
+
+    def _load_policy(self, checkpoint: Path | None) -> tuple[torch.nn.Module, Any]:
+        cfg = self.config.model
+        lora = to_dict(cfg.lora) if cfg.lora.enabled else None
+        if lora is not None:
+            lora.pop("enabled")
+        dtype = None if cfg.dtype == "auto" and self.device.type == "cpu" else cfg.dtype
+        source = self._model_source()
+        if checkpoint is not None and lora is None:
+            source = checkpoint / "model"
+        model = load_model(source, dtype=dtype, device=self.device, lora=lora,
+                           gradient_checkpointing=cfg.gradient_checkpointing)  # fmt: skip
+        if checkpoint is not None and lora is not None:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(model, load_file(checkpoint / "model" / "adapter_model.safetensors"))
+        return model, load_tokenizer(source)
+
+    def _load_reference(self) -> torch.nn.Module:
+        dtype = None if self.config.model.dtype == "auto" and self.device.type == "cpu" else self.config.model.dtype
+        reference = load_model(self._model_source(), dtype=dtype, device=self.device)
+        reference.requires_grad_(False)
+        return reference.eval()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda" and self.config.trainer.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # --- state -------------------------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "sample_rng": self.sample_rng.get_state(),
+            "shuffle_rng": self.shuffle_rng.bit_generator.state,
+            "global_rng": capture_rng(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.sample_rng.set_state(state["sample_rng"])
+        self.shuffle_rng.bit_generator.state = state["shuffle_rng"]
+        restore_rng(state["global_rng"])
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step (atomically)."""
+        return save_checkpoint(
+            self.run_dir, self.step, self.model, self.tokenizer, self._state(),
+            save_train_config(self.config), self.config.trainer.keep_checkpoints,
+        )  # fmt: skip
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        """One RL step: B tasks x G samples, rewards, credit, update. Returns the step's metrics."""
+        cfg = self.config
+        start = time.perf_counter()
+        tasks = [self.train_tasks[i] for i in self.sampler.next(cfg.trainer.tasks_per_step)]
+        times = RolloutTimes()
+        trajectories = rollout(tasks, self.generator, self.protocol, self.sandbox, cfg.rollout, self.sample_rng, times)
+        after_rollout = time.perf_counter()
+        scores = score_episodes(trajectories, self.sandbox, cfg.rewards)
+        step_batch, advantages = credit_rollout(trajectories, scores, cfg.credit)
+        tokens = build_token_batch(trajectories, step_batch, advantages, cfg.credit, self._pad_id())
+        after_credit = time.perf_counter()
+        update = policy_update(
+            self.model, self.optimizer, self.scheduler, tokens, cfg.optim, self.shuffle_rng, self.device,
+            self.reference, self._autocast(),
+        )  # fmt: skip
+        end = time.perf_counter()
+        self.step += 1
+        generated = sum(t.n_generated for t in trajectories)
+        return {
+            "step": self.step,
+            **episode_metrics(trajectories, scores),
+            **{k: v for k, v in update.items()},
+            "lr": self.scheduler.get_last_lr()[0],
+            "advantage_abs_mean": float(np.abs(advantages.advantages).mean()) if advantages.advantages.size else 0.0,
+            "tokens_per_s": generated / max(times.generate, 1e-9),
+            "time_generate": times.generate,
+            "time_execute": times.execute,
+            "time_reward_credit": after_credit - after_rollout,
+            "time_train": end - after_credit,
+            "time_step": end - start,
+        }
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
+
+    def evaluate(self, tasks: list[Task] | None = None) -> dict[str, float]:
+        """Greedy episodes on the held-out tasks: EX and the efficiency metrics."""
+        tasks = self.eval_tasks if tasks is None else tasks
+        if not tasks:
+            return {}
+        config = RolloutConfig(**{**to_dict(self.config.rollout), "group_size": 1, "temperature": 0.0})
+        trajectories = rollout(tasks, self.generator, self.protocol, self.sandbox, config)
+        return episode_metrics(trajectories, score_episodes(trajectories, self.sandbox, self.config.rewards))
+
+    def run(self, on_step: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
+        """Train until ``trainer.max_steps``; returns the final evaluation metrics."""
+        cfg = self.config.trainer
+        try:
+            while self.step < cfg.max_steps:
+                metrics = self.train_step()
+                self.log.write("train", metrics)
+                if on_step is not None:
+                    on_step(metrics)
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                    self.log.write("eval", {"step": self.step, **self.evaluate()})
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save()
+            final = {"step": self.step, **self.evaluate()}
+            self.log.write("eval", final)
+            if latest_checkpoint(self.run_dir) != self.run_dir / "checkpoints" / f"step-{self.step:06d}":
+                self.save()
+            return final
+        finally:
+            self.log.close()
+
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The lines of a run's metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
