@@ -127,6 +127,127 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _load_agent(model_dir: Path, protocol_name: str, device: str) -> tuple[object, object, object]:
+    import torch
+
+    from finestep.agent.generators import get_generator
+    from finestep.agent.protocol import get_protocol
+    from finestep.models import load_model, load_tokenizer
+
+    target = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(model_dir, device=target)
+    tokenizer = load_tokenizer(model_dir)
+    return get_generator("hf", model=model, tokenizer=tokenizer), get_protocol(protocol_name), model
+
+
+def _agent_rollout_config(args: argparse.Namespace) -> object:
+    from finestep.agent.rollout import RolloutConfig
+
+    return RolloutConfig(
+        group_size=1, max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
+        max_total_tokens=args.max_total_tokens, temperature=args.temperature, protocol=args.protocol,
+        schema_sample_values=args.schema_sample_values,
+    )  # fmt: skip
+
+
+def _cmd_agent_eval(args: argparse.Namespace, console: Console) -> int:
+    from finestep.data import load_benchmark
+    from finestep.eval.agent import run_agent_eval
+    from finestep.eval.report import print_eval_report
+
+    data = args.data or (default_spider_dir() if args.benchmark == "spider" else None)
+    if data is None:
+        raise DataError("--data is required for --benchmark bird")
+    benchmark = load_benchmark(args.benchmark, data)
+    generator, protocol, _ = _load_agent(args.model, args.protocol, args.device)
+    with _progress(console) as progress:
+        bar = progress.add_task("agent episodes", total=min(len(benchmark.available), args.limit or 10**9))
+        report, efficiency = run_agent_eval(
+            benchmark, generator, protocol, _agent_rollout_config(args), args.out, args.batch_tasks, args.limit,
+            on_progress=lambda done, total: progress.update(bar, completed=done),
+        )  # fmt: skip
+    print_eval_report(report, console, "auto")
+    console.print(
+        "efficiency: " + "  ".join(f"{k} {v:.3f}" for k, v in efficiency.items()) + f"\nwrote {args.out}/",
+        highlight=False,
+    )
+    return 0
+
+
+def _cmd_ask(args: argparse.Namespace, console: Console) -> int:
+    from finestep.eval.agent import ask
+
+    generator, protocol, _ = _load_agent(args.model, args.protocol, args.device)
+    shown = [0]
+
+    def show(turn: int, trajectories: list) -> None:
+        for step in trajectories[0].steps[shown[0] :]:
+            console.rule(f"step {shown[0] + 1}")
+            console.print(step.text, markup=False, highlight=False)
+            if step.observation:
+                console.print(step.observation, style="cyan", markup=False, highlight=False)
+            shown[0] += 1
+
+    trajectory = ask(args.question, args.db, generator, protocol, _agent_rollout_config(args), args.evidence, show)
+    solution = trajectory.solution
+    if solution is None:
+        console.print(f"[yellow]no solution ({trajectory.end_reason})[/yellow]")
+        return 1
+    console.rule("answer")
+    console.print(solution.action.sql, markup=False)
+    if solution.result is not None:
+        from finestep.agent.protocol import format_observation
+
+        console.print(format_observation(solution.result), markup=False, highlight=False)
+    return 0
+
+
+def _cmd_sft(args: argparse.Namespace, console: Console) -> int:
+    import torch
+
+    from finestep.agent.protocol import get_protocol
+    from finestep.models import load_model, load_tokenizer
+    from finestep.sql.executor import SqlSandbox
+    from finestep.train.sft import SFTConfig, build_sft_examples, load_sft_records, train_sft
+
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = SFTConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_turns=args.max_turns)
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, device=device)
+    records = load_sft_records(args.data, args.db_root)
+    examples = build_sft_examples(records, tokenizer, get_protocol(args.protocol), config, SqlSandbox())
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with _progress(console) as progress:
+        bar = progress.add_task("SFT", total=None)
+
+        def show(step: int, total: int, loss: float) -> None:
+            progress.update(bar, total=total, completed=step, description=f"SFT loss {loss:.3f}")
+
+        losses = train_sft(model, examples, config, int(pad or 0), device, on_step=show)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if args.out.exists():
+        import shutil
+
+        shutil.rmtree(args.out)
+    os.replace(tmp, args.out)
+    console.print(f"{len(examples)} trajectories, loss per epoch: {', '.join(f'{v:.3f}' for v in losses)}; "
+                  f"saved {args.out}")  # fmt: skip
+    return 0
+
+
+def _add_agent_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="local Hugging Face model folder")
+    parser.add_argument("--protocol", choices=["tags", "json"], default="tags", help="action format (default tags)")
+    parser.add_argument("--max-turns", type=int, default=4, help="assistant turns at most (default 4)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens per turn at most (default 256)")
+    parser.add_argument("--max-total-tokens", type=int, default=2048, help="token budget per episode (default 2048)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    parser.add_argument("--schema-sample-values", type=int, default=3, help="sample values per column in the prompt")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(
@@ -199,6 +320,46 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="output folder (default runs/train)")
     tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     tr.set_defaults(handler=_cmd_train)
+
+    ae = commands.add_parser(
+        "agent-eval",
+        help="run a trained agent on every task of a benchmark: trajectories, predictions, EX and efficiency",
+        description="Run the agent (greedy by default) on every available task; write trajectories.jsonl, the "
+        "predictions in the benchmark's own format (predictions.sql or predict_dev.json) and metrics.json.",
+    )
+    _add_agent_options(ae)
+    ae.add_argument("--benchmark", choices=["spider", "bird"], required=True)
+    ae.add_argument("--data", type=Path, help="benchmark folder (Spider: default $FINESTEP_SPIDER_DIR)")
+    ae.add_argument("--out", type=Path, default=Path("runs/agent-eval"), help="output folder")
+    ae.add_argument("--limit", type=int, help="only the first N available tasks")
+    ae.add_argument("--batch-tasks", type=int, default=16, help="tasks rolled out together (default 16)")
+    ae.set_defaults(handler=_cmd_agent_eval)
+
+    ak = commands.add_parser(
+        "ask", help="answer one question on one database, showing each step as it happens",
+        description="Answer one question with a trained agent and show every step: its text and observation.",
+    )  # fmt: skip
+    _add_agent_options(ak)
+    ak.add_argument("--db", type=Path, required=True, help="SQLite database file")
+    ak.add_argument("--evidence", default="", help="external knowledge to show with the question")
+    ak.add_argument("question", help="the question")
+    ak.set_defaults(handler=_cmd_ask)
+
+    sf = commands.add_parser(
+        "sft", help="supervised warm start on trajectories (loss on model tokens only)",
+        description="Fine-tune a model on trajectories in the documented JSONL format (docs/trajectories.md).",
+    )  # fmt: skip
+    sf.add_argument("--model", type=Path, required=True, help="local Hugging Face model folder to start from")
+    sf.add_argument("--data", type=Path, required=True, help="trajectory JSONL file")
+    sf.add_argument("--out", type=Path, required=True, help="folder for the fine-tuned model (written atomically)")
+    sf.add_argument("--db-root", type=Path, help="folder that relative db_path values start from")
+    sf.add_argument("--epochs", type=int, default=3)
+    sf.add_argument("--lr", type=float, default=1e-3)
+    sf.add_argument("--batch-size", type=int, default=8)
+    sf.add_argument("--max-turns", type=int, default=4, help="the turn count the prompt announces")
+    sf.add_argument("--protocol", choices=["tags", "json"], default="tags")
+    sf.add_argument("--device", default="auto")
+    sf.set_defaults(handler=_cmd_sft)
     return parser
 
 

@@ -27,7 +27,13 @@ from finestep.eval.episodes import episode_metrics, score_episodes
 from finestep.models import build_tiny_model, load_model, load_tokenizer
 from finestep.sql.executor import SqlSandbox
 from finestep.train.batch import build_token_batch, credit_rollout
-from finestep.train.checkpoint import capture_rng, latest_checkpoint, load_trainer_state, restore_rng, save_checkpoint
+from finestep.train.checkpoint import (
+    capture_rng,
+    latest_checkpoint,
+    load_trainer_state,
+    restore_rng,
+    save_checkpoint,
+)
 from finestep.train.config import TrainConfig, save_train_config
 from finestep.train.data import TaskSampler, load_task_split
 from finestep.train.logging import MetricsLog

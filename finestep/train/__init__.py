@@ -1,0 +1,1 @@
+"""Training: the PPO-clip token loss (``loss``), the RL loop, the SFT warm start and checkpoints."""
