@@ -24,13 +24,14 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# Until the SQLWorld demo lands, the demo is the most complete job that exists: score Spider dev's gold
-# queries as predictions through the sandbox (expect EX 100.0 over 972 questions, 62 unavailable), then
-# show one tool call as the agent sees it.
+# Until the SQLWorld demo lands, the demo is the most complete job that exists, on Spider dev:
+#  1. score Spider's gold queries through the sandbox (EX 100.0 over 972 questions, 62 unavailable);
+#  2. show FineStep's per-step credit on a hand-written group of trajectories;
+#  3. train a tiny model from scratch for 3 RL steps (rollouts, rewards, credit, PPO), evaluate, checkpoint.
 demo: install
 	$(BIN)/finestep eval --benchmark spider --data $(SPIDER) --predictions $(SPIDER)/dev_gold.sql --out runs/demo/eval.json
-	$(BIN)/finestep sql --db $(SPIDER)/database/concert_singer/concert_singer.sqlite \
-		"SELECT name, country, age FROM singer ORDER BY age DESC LIMIT 3" --turns-left 4
+	$(BIN)/finestep credit --input examples/trajectories.jsonl --db-root $(SPIDER)/database --table --out runs/demo/credit.jsonl
+	FINESTEP_SPIDER_DIR=$(SPIDER) $(BIN)/finestep train --config configs/spider-tiny.yaml --run-dir runs/demo/train trainer.max_steps=3
 
 test: install-dev
 	$(BIN)/python -m pytest -q

@@ -381,7 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("train", "sft", "agent-eval", "ask"):
         _quiet_libraries()
-    console = Console(stderr=args.command == "sql")
+    # Piped or under make, rich would assume 80 columns and fold the tables; logs read better wide.
+    stream = sys.stderr if args.command == "sql" else sys.stdout
+    console = Console(stderr=args.command == "sql", width=None if stream.isatty() else 150)
     try:
         return args.handler(args, console)
     except (DataError, ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError

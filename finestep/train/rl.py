@@ -87,7 +87,7 @@ class RLTrainer:
             self._restore(load_trainer_state(checkpoint))
         self.sandbox = SqlSandbox()
         self.protocol = get_protocol(config.rollout.protocol)
-        self.generator = get_generator(config.model.generator, model=self.model, tokenizer=self.tokenizer)
+        self.generator = self._make_generator()
         self.log = MetricsLog(self.run_dir, config.trainer, to_dict(config), resume_after=self.step)
         atomic_write_text(self.run_dir / "config.yaml", save_train_config(config))
 
@@ -131,6 +131,17 @@ class RLTrainer:
         reference = load_model(self._model_source(), dtype=dtype, device=self.device)
         reference.requires_grad_(False)
         return reference.eval()
+
+    def _make_generator(self) -> Any:
+        if self.config.model.generator == "vllm":
+            # vLLM serves the same weights from its own engine on the same GPU; they are synced after each update.
+            generator = get_generator(
+                "vllm", model_path=str(self._model_source()), dtype=self.config.model.dtype,
+                enable_prefix_caching=True, gpu_memory_utilization=0.35, seed=self.config.trainer.seed,
+            )  # fmt: skip
+            generator.sync_weights(self.model)
+            return generator
+        return get_generator("hf", model=self.model, tokenizer=self.tokenizer)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda" and self.config.trainer.bf16:
@@ -184,6 +195,9 @@ class RLTrainer:
             self.model, self.optimizer, self.scheduler, tokens, cfg.optim, self.shuffle_rng, self.device,
             self.reference, self._autocast(),
         )  # fmt: skip
+        sync = getattr(self.generator, "sync_weights", None)
+        if sync is not None:
+            sync(self.model)
         end = time.perf_counter()
         self.step += 1
         generated = sum(t.n_generated for t in trajectories)
