@@ -17,7 +17,13 @@ from typing import Any
 import torch
 
 from finestep.agent.generators import Generator, SamplingParams
-from finestep.agent.protocol import ObservationFormat, Protocol, build_messages, encode_observation, encode_prompt
+from finestep.agent.protocol import (
+    ObservationFormat,
+    Protocol,
+    build_messages,
+    encode_observation,
+    encode_prompt,
+)
 from finestep.agent.trajectory import Step, Trajectory
 from finestep.data.task import Task
 from finestep.sql.executor import SqlSandbox

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Benchmark", "DataError", "Task", "read_json", "require_field"]
+__all__ = ["Benchmark", "DataError", "Task", "read_json", "read_text", "require_field"]
 
 
 class DataError(ValueError):
@@ -67,14 +67,20 @@ class Benchmark:
         return sorted({t.db_id for t in self.unavailable})
 
 
-def read_json(path: Path) -> Any:
-    """Parse a JSON file; malformed input raises :class:`DataError` naming the file, line and column."""
+def read_text(path: Path, what: str = "file") -> str:
+    """A UTF-8 text file (a byte-order mark is dropped); :class:`DataError` names the file when it is missing
+    or not UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        raise DataError(f"{path}: {what} not found") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; malformed input raises :class:`DataError` naming the file, line and column."""
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from finestep.data.task import DataError, Task
+from finestep.data.task import DataError, Task, read_text
 
 __all__ = ["BIRD_SEPARATOR", "detect_format", "read_predictions"]
 
@@ -116,12 +116,7 @@ _READERS = {"lines": _read_lines, "bird": _read_bird, "jsonl": _read_jsonl}
 def read_predictions(path: str | Path, tasks: list[Task], fmt: str | None = None) -> list[str | None]:
     """One predicted SQL (or ``None``) per task, in task order, from ``path`` in format ``fmt`` (auto if None)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{path}: predictions file not found") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    text = read_text(path, "predictions file")
     fmt = fmt or detect_format(text)
     if fmt not in _READERS:
         raise DataError(f"unknown predictions format {fmt!r}; expected one of {', '.join(FORMATS)}")

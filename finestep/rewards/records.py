@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finestep.data.task import DataError
+from finestep.data.task import DataError, read_text
 from finestep.rewards.config import RewardConfig
 from finestep.rewards.links import step_links
 from finestep.rewards.outcome import outcome_reward
@@ -108,10 +108,7 @@ def read_trajectories(path: str | Path, db_root: str | Path | None = None) -> li
     """
     path = Path(path)
     root = Path(db_root) if db_root is not None else path.parent
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+    lines = read_text(path, "trajectory file").splitlines()
     records = []
     for number, text in enumerate(lines, start=1):
         if not text.strip():
