@@ -1,0 +1,105 @@
+"""Loading a causal LM and its tokenizer from a local folder (a tiny model or a real checkpoint such as Qwen3-4B).
+
+Nothing is downloaded: ``local_files_only=True`` everywhere, and a missing folder is reported with its path.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["DEFAULT_LORA_TARGETS", "ModelNotFoundError", "load_model", "load_tokenizer"]
+
+#: The attention and MLP projections of Llama/Qwen-style decoders.
+DEFAULT_LORA_TARGETS: tuple[str, ...] = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+)
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """Raised when a model or tokenizer folder does not exist or lacks its files."""
+
+
+def _check_dir(path: str | Path, needed: tuple[str, ...]) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise ModelNotFoundError(f"no model folder at {path} (models load from local folders only)")
+    if not any((path / name).is_file() for name in needed):
+        raise ModelNotFoundError(f"{path} has none of {', '.join(needed)}: not a Hugging Face model folder")
+    return path
+
+
+def load_tokenizer(path: str | Path):  # -> PreTrainedTokenizerBase
+    """The tokenizer saved in the local folder ``path``, with a pad token (eos when the folder defines none)."""
+    from transformers import AutoTokenizer
+
+    path = _check_dir(path, ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _lora_config(lora: dict[str, Any]):  # -> peft.LoraConfig
+    from peft import LoraConfig
+
+    kwargs = dict(lora)
+    if "alpha" in kwargs:
+        kwargs["lora_alpha"] = kwargs.pop("alpha")
+    if "dropout" in kwargs:
+        kwargs["lora_dropout"] = kwargs.pop("dropout")
+    kwargs.setdefault("r", 16)
+    kwargs.setdefault("lora_alpha", 2 * kwargs["r"])
+    kwargs["target_modules"] = list(kwargs.get("target_modules") or DEFAULT_LORA_TARGETS)
+    kwargs.setdefault("task_type", "CAUSAL_LM")
+    return LoraConfig(**kwargs)
+
+
+def load_model(
+    path: str | Path,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    lora: dict[str, Any] | None = None,
+    gradient_checkpointing: bool = False,
+) -> torch.nn.Module:
+    """A causal LM from the local folder ``path`` (any ``AutoModelForCausalLM`` architecture).
+
+    Args:
+        path: folder with ``config.json`` and the weights.
+        dtype: ``torch.bfloat16``, ``"bfloat16"``, ``"auto"`` (the checkpoint's), ...; None keeps the
+            library default.
+        device: where the model is moved.
+        lora: when given, the model is wrapped in a ``peft`` LoRA adapter; keys are ``LoraConfig`` fields,
+            with the short names ``alpha`` and ``dropout`` accepted (defaults: r=16, alpha=2r, the attention
+            and MLP projections). Only the adapter weights are then trainable.
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant), for memory.
+
+    Returns:
+        The model (a ``PeftModel`` when ``lora`` is given), in eval mode.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = _check_dir(path, ("config.json",))
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if dtype is not None:
+        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    model.to(device)
+    if gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None)  # the transformers 5 name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora is not None:
+        from peft import get_peft_model
+
+        with warnings.catch_warnings():  # peft reads a property that transformers 5 renamed
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, _lora_config(lora))
+    model.eval()
+    return model
