@@ -237,6 +237,70 @@ def _cmd_sft(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
+    from finestep.bench.demo import DemoConfig, run_demo, summary_rows
+
+    demo = DemoConfig.quick() if args.quick else DemoConfig.full()
+    console.print(f"SQLWorld demo{' (quick)' if args.quick else ''} into {args.out}/")
+    with _progress(console) as progress:
+        bar = progress.add_task("starting", total=1.0)
+        current = [""]
+
+        def say(message: str, fraction: float | None) -> None:
+            stage = message.split(" (")[0].split(" step ")[0]
+            if stage != current[0]:
+                if current[0]:
+                    progress.console.print(f"[green]done[/green] {current[0]}")
+                current[0] = stage
+                progress.reset(bar, total=1.0)
+            progress.update(bar, description=message, completed=fraction if fraction is not None else 0.0)
+
+        summary = run_demo(args.out, demo, say)
+    table = Table(title=f"SQLWorld, {summary['held_out_tasks']} held-out questions ({summary['wall_time_s']:.0f} s)")
+    for column in ("metric", "after SFT", "after FineStep RL"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in summary_rows(summary):
+        table.add_row(row["metric"], f"{row['before']:.3f}", f"{row['after']:.3f}")
+    console.print(table)
+    console.print(f"report: {args.out / 'report.md'}   viewer: {args.out / 'trajectories.html'}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
+    from finestep.bench.compare import run_bench
+    from finestep.bench.pipeline import PipelineConfig, prepare
+
+    estimators = [name.strip() for name in args.estimators.split(",") if name.strip()]
+    common = list(args.overrides)
+    if args.model is None:  # SQLWorld: one world and one warm start shared by every run
+        with console.status("preparing the world and the warm start (shared by every run)..."):
+            paths = prepare(args.out, PipelineConfig(seed=args.world_seed), lambda m, f: None)
+        common = [f"data.path={paths['world']}", f"model.path={paths['sft']}", *common]
+    else:
+        common = [f"model.path={args.model}", *common]
+    total = len(estimators) * args.seeds
+    with _progress(console) as progress:
+        bar = progress.add_task("bench", total=total)
+
+        def finished(name: str, seed: int, run: dict) -> None:
+            progress.advance(bar)
+            final = run["final"]
+            progress.console.print(
+                f"{name:28s} seed {seed}: EX {final.get('ex', 0):5.1f}  tool calls {final.get('tool_calls', 0):.2f}  "
+                f"redundant {final.get('redundant_rate', 0):.3f}  errors {final.get('error_rate', 0):.3f}  "
+                f"{run['wall_time']:.0f} s", highlight=False)
+
+        def stepped(name: str, seed: int, metrics: dict) -> None:
+            progress.update(bar, description=f"{name} seed {seed} step {int(metrics['step'])}")
+
+        run_bench(args.config, args.out, estimators, args.seeds, common, finished, stepped)
+    console.print((args.out / "results.md").read_text(encoding="utf-8"), markup=False, highlight=False)
+    console.print(f"wrote {args.out / 'results.json'}, {args.out / 'learning_curves.png'}")
+    return 0
+
+
 def _add_agent_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="local Hugging Face model folder")
     parser.add_argument("--protocol", choices=["tags", "json"], default="tags", help="action format (default tags)")
@@ -360,6 +424,33 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--protocol", choices=["tags", "json"], default="tags")
     sf.add_argument("--device", default="auto")
     sf.set_defaults(handler=_cmd_sft)
+
+    dm = commands.add_parser(
+        "demo", help="SQLWorld end to end: world, tiny model, SFT, FineStep RL, before/after report and viewer",
+        description="Build SQLWorld, train a tiny model from scratch (tokenizer, SFT warm start, FineStep RL) and "
+        "evaluate it before and after on held-out databases; writes report.md (with plots) and trajectories.html.",
+    )  # fmt: skip
+    dm.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    dm.add_argument("--quick", action="store_true", help="a smaller world and budget: about 2 minutes")
+    dm.set_defaults(handler=_cmd_demo)
+
+    bn = commands.add_parser(
+        "bench", help="compare estimators from one warm start with one budget, over seeds",
+        description="Run every estimator (and FineStep ablations such as finestep-no_logical) from the same "
+        "warm-started model with the same budget and seeds; writes results.json, results.md and learning_curves.png.",
+        epilog="estimators: finestep, grpo, grpo_shaped, rloo, gigpo, ps_grpo and finestep-<ablation> with ablation "
+        "one of no_process, no_temporal, no_logical, no_group_norm, no_masking",
+    )  # fmt: skip
+    bn.add_argument("--estimators", default="grpo,finestep", help="comma-separated names (default grpo,finestep)")
+    bn.add_argument("--seeds", type=int, default=3, help="seeds per estimator (default 3)")
+    bn.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (default runs/bench)")
+    bn.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "sqlworld-tiny.yaml",
+                    help="base RL config (default configs/sqlworld-tiny.yaml)")
+    bn.add_argument("--model", type=Path, help="start every run from this checkpoint instead of SQLWorld's warm "
+                    "start (e.g. with --config configs/spider-tiny.yaml model.init=pretrained)")
+    bn.add_argument("--world-seed", type=int, default=0, help="SQLWorld's generator seed (default 0)")
+    bn.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run (the budget)")
+    bn.set_defaults(handler=_cmd_bench)
     return parser
 
 
@@ -379,7 +470,7 @@ def _quiet_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``finestep`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "sft", "agent-eval", "ask"):
+    if args.command in ("train", "sft", "agent-eval", "ask", "demo", "bench"):
         _quiet_libraries()
     # Piped or under make, rich would assume 80 columns and fold the tables; logs read better wide.
     stream = sys.stderr if args.command == "sql" else sys.stdout

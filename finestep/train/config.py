@@ -73,10 +73,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Tasks: a benchmark folder, split into training and held-out databases."""
+    """Tasks: a benchmark folder, split into training and held-out databases (SQLWorld has its own split)."""
 
-    benchmark: Literal["spider", "bird"] = "spider"
-    path: str | None = None  # default for spider: $FINESTEP_SPIDER_DIR or ../shared/data/spider
+    benchmark: Literal["spider", "bird", "sqlworld"] = "spider"
+    path: str | None = None  # spider: $FINESTEP_SPIDER_DIR or ../shared/data/spider; sqlworld: a built world
     eval_databases: int = 4  # databases held out for evaluation (the first ones in sorted order)
     max_train_tasks: int | None = None
     max_eval_tasks: int | None = 32

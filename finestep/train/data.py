@@ -24,7 +24,17 @@ def _data_path(config: DataConfig) -> Path:
 
 
 def load_task_split(config: DataConfig) -> tuple[list[Task], list[Task]]:
-    """Available tasks split by database: the first ``eval_databases`` databases (sorted) are held out."""
+    """Available tasks split by database: the first ``eval_databases`` databases (sorted) are held out.
+
+    A SQLWorld world (``benchmark: sqlworld``, ``path``: its folder) keeps its own train/test split.
+    """
+    if config.benchmark == "sqlworld":
+        from finestep.data.sqlworld import load_world
+
+        if not config.path:
+            raise DataError("data.path: required for benchmark sqlworld (a folder made by build_world)")
+        world = load_world(Path(os.path.expandvars(config.path)))
+        return world.train[: config.max_train_tasks], world.test[: config.max_eval_tasks]
     benchmark = load_benchmark(config.benchmark, _data_path(config))
     tasks = benchmark.available
     databases = sorted({t.db_id for t in tasks})

@@ -40,6 +40,8 @@ class SFTConfig:
     batch_size: int = 8
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1  # the learning rate decays linearly to lr * min_lr_ratio at the last step
     max_turns: int = 4
     schema_sample_values: int = 3
     schema_max_chars: int = 6000
@@ -133,6 +135,14 @@ def train_sft(
     )
     per_epoch = math.ceil(len(examples) / config.batch_size)
     total, step, epoch_losses = per_epoch * config.epochs, 0, []
+
+    def lr_factor(n: int) -> float:
+        if n < config.warmup_steps:
+            return (n + 1) / config.warmup_steps
+        progress = (n - config.warmup_steps) / max(1, total - config.warmup_steps)
+        return 1.0 - (1.0 - config.min_lr_ratio) * min(1.0, progress)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     model.train()
     for _ in range(config.epochs):
         order = rng.permutation(len(examples))
@@ -144,6 +154,7 @@ def train_sft(
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
             optimizer.step()
+            scheduler.step()
             step += 1
             losses.append(float(out.loss.detach()))
             if on_step is not None:

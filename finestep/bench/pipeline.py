@@ -1,0 +1,139 @@
+"""The SQLWorld pipeline shared by ``finestep demo`` and ``finestep bench``.
+
+world -> expert trajectories -> tokenizer + tiny model -> SFT warm start -> RL (any estimator) -> evaluation.
+Every stage writes into one folder and is skipped when its output is already there, so a bench of many RL runs
+shares one world and one SFT checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finestep.agent.generators import get_generator
+from finestep.agent.protocol import ObservationFormat, get_protocol
+from finestep.agent.rollout import RolloutConfig, cached_schema, rollout
+from finestep.agent.trajectory import Trajectory
+from finestep.atomic import atomic_write_json
+from finestep.config import to_dict
+from finestep.data.sqlworld import ExpertConfig, build_world, expert_dataset, load_world, write_jsonl
+from finestep.data.task import Task
+from finestep.eval.episodes import episode_metrics, score_episodes
+from finestep.models import build_tiny_model, load_model, load_tokenizer
+from finestep.rewards import RewardConfig
+from finestep.sql.executor import SqlSandbox, execute
+from finestep.train.config import TinyModelConfig, TrainConfig, load_train_config
+from finestep.train.rl import RLTrainer
+from finestep.train.sft import SFTConfig, build_sft_examples, load_sft_records, train_sft
+
+__all__ = ["PipelineConfig", "evaluate_model", "prepare", "rl_config", "run_rl"]
+
+Progress = Callable[[str, float | None], None]  # (message, fraction done or None)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """World size, expert imperfection, model size and SFT budget (the RL budget is in the RL config)."""
+
+    seed: int = 0
+    n_train_dbs: int = 24
+    n_test_dbs: int = 8
+    questions_per_db: int = 12
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    expert_samples_per_task: int = 2
+    tiny: TinyModelConfig = field(default_factory=lambda: TinyModelConfig(
+        vocab_size=1024, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256,
+        max_position_embeddings=2048,
+    ))  # fmt: skip
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=6, lr=2e-3, batch_size=16, max_turns=4,
+                                                              schema_sample_values=0, schema_max_chars=2000))
+    eval_tasks: int = 96
+
+
+def _corpus(world_dir: Path, tasks: list[Task], expert_lines: list[dict[str, Any]]) -> list[str]:
+    """Everything the agent will read or write: schemas, questions, SQL, turns and observations."""
+    protocol = get_protocol("tags")
+    texts = [cached_schema(str(p), 0, 2000) for p in sorted({t.db_path for t in tasks})]
+    texts += [f"{t.question}\n{t.gold_sql}" for t in tasks]
+    for line in expert_lines:
+        for step in line["steps"]:
+            texts.append(step.get("text", ""))
+            if step.get("sql"):
+                texts.append(protocol.observation_text(execute(line["db_path"], step["sql"]), None, 2,
+                                                       ObservationFormat()))  # fmt: skip
+    return texts
+
+
+def prepare(out: Path, config: PipelineConfig, progress: Progress | None = None) -> dict[str, Path]:
+    """Build (or reuse) the world, the expert data, the tiny model and its SFT warm start under ``out``."""
+    say = progress or (lambda message, fraction: None)
+    paths = {"world": out / "world", "expert": out / "expert.jsonl", "init": out / "model-init", "sft": out / "model-sft"}
+    if not (paths["world"] / "world.json").is_file():
+        say("building the world", None)
+        build_world(paths["world"], seed=config.seed, n_train_dbs=config.n_train_dbs, n_test_dbs=config.n_test_dbs,
+                    questions_per_db=config.questions_per_db)  # fmt: skip
+    world = load_world(paths["world"])
+    if not paths["expert"].is_file():
+        say("writing expert trajectories", None)
+        lines = expert_dataset(world, "train", config.expert_samples_per_task, config.expert, config.seed)
+        write_jsonl(paths["expert"], lines)
+    expert_lines = [json.loads(line) for line in paths["expert"].read_text(encoding="utf-8").splitlines()]
+    if not (paths["init"] / "config.json").is_file():
+        say("training the tokenizer and building the tiny model", None)
+        tiny = config.tiny
+        build_tiny_model(
+            _corpus(paths["world"], world.train + world.test, expert_lines), paths["init"],
+            vocab_size=tiny.vocab_size, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
+            num_heads=tiny.num_heads, num_kv_heads=tiny.num_kv_heads, intermediate_size=tiny.intermediate_size,
+            max_position_embeddings=tiny.max_position_embeddings, seed=config.seed,
+        )  # fmt: skip
+    if not (paths["sft"] / "config.json").is_file():
+        tokenizer = load_tokenizer(paths["init"])
+        model = load_model(paths["init"])
+        examples = build_sft_examples(load_sft_records(paths["expert"]), tokenizer, get_protocol("tags"),
+                                      config.sft, SqlSandbox())  # fmt: skip
+        train_sft(model, examples, config.sft, int(tokenizer.pad_token_id), torch.device("cpu"),
+                  on_step=lambda step, total, loss: say(f"SFT warm start (loss {loss:.3f})", step / total))
+        tmp = paths["sft"].with_name(".model-sft.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(paths["sft"])
+    return paths
+
+
+def rl_config(base: Path | str, world: Path, model: Path, overrides: list[str]) -> TrainConfig:
+    """The RL config of ``base`` (YAML) pointed at a world and a warm-started model, with overrides."""
+    return load_train_config(base, [f"data.path={world}", f"model.path={model}", *overrides])
+
+
+def evaluate_model(model_dir: Path, tasks: list[Task], rollout_config: RolloutConfig) -> tuple[dict[str, float], list[Trajectory]]:
+    """Greedy episodes of a saved model on ``tasks``: EX and efficiency metrics, and the trajectories."""
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    generator = get_generator("hf", model=model, tokenizer=tokenizer)
+    config = RolloutConfig(**{**to_dict(rollout_config), "group_size": 1, "temperature": 0.0})
+    sandbox = SqlSandbox()
+    trajectories = rollout(tasks, generator, get_protocol(config.protocol), sandbox, config)
+    return episode_metrics(trajectories, score_episodes(trajectories, sandbox, RewardConfig())), trajectories
+
+
+def run_rl(config: TrainConfig, run_dir: Path, on_step: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """One RL run from the warm start; returns the final held-out metrics and the per-step curves."""
+    trainer = RLTrainer(config, run_dir)
+    curve: list[dict[str, float]] = []
+
+    def record(metrics: dict[str, float]) -> None:
+        curve.append(metrics)
+        if on_step is not None:
+            on_step(metrics)
+
+    final = trainer.run(on_step=record)
+    result = {"final": final, "curve": curve, "config": to_dict(config)}
+    atomic_write_json(run_dir / "result.json", result)
+    return result

@@ -1,0 +1,42 @@
+"""SQLWorld: a bundled synthetic Text-to-SQL benchmark where probing the data is sometimes needed, sometimes not.
+
+Small databases over six domains store categorical values in one of four styles (as the question says them,
+lower case, upper case or codes), so whether a ``SELECT DISTINCT`` probe is needed can only be known by
+looking. Questions come in three tiers (filter/count, value probe, join + probe); a scripted expert writes
+trajectories with configurable imperfections (redundant probes, failed queries and their repair, skipped
+probes, wasted probes) for a warm start.
+
+    world = build_world(Path("runs/world"), seed=0)
+    lines = expert_dataset(world, "train", n_per_task=2, config=ExpertConfig())
+    write_jsonl(Path("runs/expert.jsonl"), lines)
+"""
+
+from __future__ import annotations
+
+from finestep.data.sqlworld.domains import CATEGORIES, DOMAINS, STYLES
+from finestep.data.sqlworld.expert import (
+    ExpertConfig,
+    clean_expert,
+    expert_dataset,
+    expert_trajectory,
+    solution_correct,
+    write_jsonl,
+)
+from finestep.data.sqlworld.world import TIERS, TaskMeta, World, build_world, load_world
+
+__all__ = [
+    "CATEGORIES",
+    "DOMAINS",
+    "STYLES",
+    "TIERS",
+    "ExpertConfig",
+    "TaskMeta",
+    "World",
+    "build_world",
+    "clean_expert",
+    "expert_dataset",
+    "expert_trajectory",
+    "load_world",
+    "solution_correct",
+    "write_jsonl",
+]

@@ -1,0 +1,181 @@
+"""A scripted SQLWorld expert: demonstration trajectories with configurable, realistic imperfections.
+
+Clean behaviour: a tier1 task is answered at once (``<solution>gold</solution>``); a tier2 or tier3 task
+probes the stored values first (``<sql>SELECT DISTINCT c FROM t</sql>``), then answers. Imperfections, each
+drawn independently per trajectory:
+
+- ``skip_probe`` (``p_skip_probe``, tiers 2 and 3): no probe; the answer uses the question's surface value,
+  which is wrong exactly where the task's probe is required;
+- ``wasted_probe`` (``p_wasted_probe``): a first probe of a column the question does not need;
+- ``redundant_probe`` (``p_redundant_probe``): the last probe issued again, verbatim;
+- ``fail_repair`` (``p_fail_repair``): a query with a misspelled column (the probe's, or the answer tried as
+  a tool call), then the right one.
+
+A trajectory has at most ``max_steps`` turns: an imperfection that would exceed it is left out. The output is
+one line of the trajectory JSONL format (``docs/trajectories.md``) without observations: those come from
+executing the steps in order. Each step also records its ``role`` and the line its ``behaviours``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finestep.agent.protocol import get_protocol
+from finestep.atomic import atomic_write_text
+from finestep.data.sqlworld.questions import misspell
+from finestep.data.sqlworld.world import TaskMeta, World
+from finestep.data.task import Task
+from finestep.sql.compare import results_match
+from finestep.sql.executor import execute_on
+
+__all__ = [
+    "ExpertConfig",
+    "clean_expert",
+    "expert_dataset",
+    "expert_trajectory",
+    "solution_correct",
+    "write_jsonl",
+]
+
+_REASONS = {
+    "probe": "Check values.",
+    "wasted_probe": "Check values.",
+    "redundant_probe": "Check values.",
+    "failing_probe": "Check values.",
+    "failing_query": "Try it.",
+    "solution": "Answer.",
+}
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """How imperfect the scripted expert is.
+
+    Attributes:
+        p_redundant_probe: chance of issuing the last probe a second time.
+        p_fail_repair: chance of a failing query (misspelled column) followed by its repair.
+        p_skip_probe: chance of answering a tier2/tier3 task without probing (with the surface value).
+        p_wasted_probe: chance of a probe the question does not need.
+        seed: the default seed of :func:`expert_dataset`.
+        max_steps: the most turns in a trajectory (the rollout's ``max_turns``).
+        reasoning: prefix each action with a short fixed sentence (``"Check values."``).
+        protocol: the action protocol the step texts are written in.
+    """
+
+    p_redundant_probe: float = 0.2
+    p_fail_repair: float = 0.15
+    p_skip_probe: float = 0.15
+    p_wasted_probe: float = 0.3
+    seed: int = 0
+    max_steps: int = 4
+    reasoning: bool = False
+    protocol: str = "tags"
+
+    def __post_init__(self) -> None:
+        for name in ("p_redundant_probe", "p_fail_repair", "p_skip_probe", "p_wasted_probe"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"ExpertConfig.{name} must be in [0, 1], got {value!r}")
+        if self.max_steps < 2:
+            raise ValueError(f"ExpertConfig.max_steps must be at least 2, got {self.max_steps!r}")
+
+
+clean_expert = ExpertConfig(0.0, 0.0, 0.0, 0.0)
+"""The expert without imperfections: its answers are all correct."""
+
+
+def _plan(
+    task: Task, meta: TaskMeta, config: ExpertConfig, rng: random.Random
+) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """The ``(kind, sql, role)`` turns of one trajectory and the imperfections applied."""
+    draws = [rng.random() for _ in range(5)]  # always five draws, so one behaviour never shifts another's
+    has_probe = meta.probe_sql is not None
+    skip = has_probe and draws[0] < config.p_skip_probe
+    answer = meta.skip_probe_sql if skip else task.gold_sql
+    plan: list[tuple[str, str, str]] = []
+    behaviours = ["skip_probe"] if skip else []
+    if has_probe and not skip:
+        plan.append(("sql", str(meta.probe_sql), "probe"))
+
+    def room() -> bool:
+        return len(plan) + 2 <= config.max_steps  # the new turn and the solution
+
+    if draws[1] < config.p_wasted_probe and room():
+        plan.insert(0, ("sql", meta.distractor_probe_sql, "wasted_probe"))
+        behaviours.append("wasted_probe")
+    if draws[2] < config.p_redundant_probe and plan and room():
+        plan.append(("sql", plan[-1][1], "redundant_probe"))
+        behaviours.append("redundant_probe")
+    if draws[3] < config.p_fail_repair and room():
+        if has_probe and not skip and meta.failing_probe_sql and draws[4] < 0.5:
+            at = next(i for i, step in enumerate(plan) if step[2] == "probe")
+            plan.insert(at, ("sql", meta.failing_probe_sql, "failing_probe"))
+        else:
+            plan.append(("sql", misspell(answer, *meta.misspelling), "failing_query"))
+        behaviours.append("fail_repair")
+    plan.append(("solution", answer, "solution"))
+    return plan, behaviours
+
+
+def expert_trajectory(
+    task: Task,
+    meta: TaskMeta,
+    config: ExpertConfig = ExpertConfig(),
+    rng: random.Random | None = None,
+    trajectory_id: str = "expert-0",
+) -> dict[str, Any]:
+    """One expert trajectory of ``task`` as a trajectory-JSONL line (see the module docstring)."""
+    rng = rng if rng is not None else random.Random(f"expert:{config.seed}:{task.id}")
+    protocol = get_protocol(config.protocol)
+    plan, behaviours = _plan(task, meta, config, rng)
+    steps = []
+    for kind, sql, role in plan:
+        action = protocol.render_action(kind, sql)  # type: ignore[arg-type]
+        text = f"{_REASONS[role]} {action}" if config.reasoning else action
+        steps.append({"kind": kind, "sql": sql, "text": text, "role": role})
+    return {
+        "task_id": task.id, "trajectory_id": trajectory_id, "db_path": str(task.db_path), "gold_sql": task.gold_sql,
+        "question": task.question, "difficulty": meta.tier, "probe_required": meta.probe_required,
+        "behaviours": behaviours, "steps": steps,
+    }  # fmt: skip
+
+
+def expert_dataset(
+    world: World,
+    split: str = "train",
+    n_per_task: int = 2,
+    config: ExpertConfig = ExpertConfig(),
+    seed: int | None = None,
+) -> list[dict[str, Any]]:
+    """``n_per_task`` expert trajectories per task of ``split``, in task order; deterministic per seed.
+
+    ``seed`` defaults to ``config.seed``; each trajectory has its own generator, seeded by the seed, the task
+    and the sample, so a subset of tasks gets the same trajectories as in the whole set.
+    """
+    seed = config.seed if seed is None else seed
+    lines = []
+    for task in world.split(split):
+        for k in range(n_per_task):
+            rng = random.Random(f"expert:{seed}:{task.id}:{k}")
+            lines.append(expert_trajectory(task, world.meta[task.id], config, rng, f"expert-{k}"))
+    return lines
+
+
+def solution_correct(line: dict[str, Any], metric: str = "bird") -> bool:
+    """Whether a trajectory's final solution returns the gold result (a missing or failing one does not)."""
+    steps = line.get("steps") or []
+    if not steps or steps[-1].get("kind") != "solution":
+        return False
+    pred, gold = execute_on(line["db_path"], [steps[-1]["sql"], line["gold_sql"]])
+    if not gold.ok:
+        raise ValueError(f"{line.get('task_id')}: the gold query fails: {gold.error}")
+    return results_match(pred.rows if pred.ok else None, gold.rows, line["gold_sql"], metric)
+
+
+def write_jsonl(path: Path | str, lines: list[dict[str, Any]]) -> Path:
+    """Write ``lines`` as JSON Lines, atomically."""
+    return atomic_write_text(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))

@@ -1,0 +1,230 @@
+"""Building a SQLWorld (databases and ``world.json``) from a seed, and loading it back as tasks.
+
+Layout of a world folder::
+
+    databases/<db_id>.sqlite   one small database per db_id (w0000, w0001, ...)
+    world.json                 the databases (split, domain, encoding style) and the tasks with their metadata
+
+Train and test tasks live on disjoint databases. The same seed and sizes give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finestep.atomic import atomic_write_json
+from finestep.data.sqlworld.domains import DOMAINS, STYLES
+from finestep.data.sqlworld.generate import DbInstance, instantiate, write_database
+from finestep.data.sqlworld.questions import TEMPLATES, Question, realize
+from finestep.data.task import Benchmark, DataError, Task, read_json
+
+__all__ = ["FORMAT_VERSION", "TIERS", "TaskMeta", "World", "build_world", "load_world"]
+
+FORMAT_VERSION = 1
+TIERS = ("tier1", "tier2", "tier3")
+_MAX_DRAWS = 500
+
+
+@dataclass(frozen=True)
+class TaskMeta:
+    """What the scripted expert (and an analysis) knows about a task beyond the :class:`Task` record.
+
+    Attributes:
+        task_id: the task.
+        tier: ``tier1`` (no probe needed), ``tier2`` (value probe), ``tier3`` (join + probe).
+        template: the question template's name.
+        domain: the database's domain; ``style``: how it stores categorical values.
+        probe_sql: the query showing the stored values the question filters on (``None`` for tier1).
+        surface_value: the value as the question says it; ``stored_value``: as the database stores it.
+        probe_required: the two differ, so an answer written without probing is wrong.
+        skip_probe_sql: the answer written with the surface value (the gold SQL when no probe is required).
+        failing_sql: the gold SQL with one column misspelled (``misspelling``: ``(right, wrong)``); it errors.
+        failing_probe_sql: the probe with its column misspelled (``None`` for tier1); it errors.
+        distractor_probe_sql: a probe of a column the question does not need (a wasted tool call).
+    """
+
+    task_id: str
+    tier: str
+    template: str
+    domain: str
+    style: str
+    probe_sql: str | None
+    surface_value: str | None
+    stored_value: str | None
+    probe_required: bool
+    skip_probe_sql: str
+    failing_sql: str
+    misspelling: tuple[str, str]
+    failing_probe_sql: str | None
+    distractor_probe_sql: str
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> TaskMeta:
+        """The inverse of :func:`dataclasses.asdict`."""
+        return cls(**{**entry, "misspelling": tuple(entry["misspelling"])})
+
+
+@dataclass
+class World:
+    """A loaded world: train and test tasks (disjoint databases) and per-task metadata.
+
+    Attributes:
+        root: the world folder.
+        seed: the seed it was built from.
+        train, test: the tasks of each split, in file order (``Task.index`` is the position in the split).
+        meta: task id -> :class:`TaskMeta`.
+        databases: db_id -> ``{"split", "domain", "style", "path"}``.
+    """
+
+    root: Path
+    seed: int
+    train: list[Task]
+    test: list[Task]
+    meta: dict[str, TaskMeta] = field(default_factory=dict)
+    databases: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def split(self, name: str) -> list[Task]:
+        """The tasks of split ``name`` (``train`` or ``test``)."""
+        if name not in ("train", "test"):
+            raise ValueError(f"unknown split {name!r}; expected 'train' or 'test'")
+        return self.train if name == "train" else self.test
+
+    def benchmark(self, name: str) -> Benchmark:
+        """The tasks of split ``name`` as a :class:`Benchmark`."""
+        return Benchmark.from_tasks(f"sqlworld-{name}", self.root / "world.json", self.split(name))
+
+
+def _plan(seed: int, n_train_dbs: int, n_test_dbs: int) -> list[tuple[str, str, str, str]]:
+    """``(db_id, split, domain, style)`` per database: domains and styles cycle, in a seeded order per split."""
+    rng = random.Random(f"sqlworld:{seed}:plan")
+    plan = []
+    for split, count, start in (("train", n_train_dbs, 0), ("test", n_test_dbs, n_train_dbs)):
+        domains = rng.sample([d.name for d in DOMAINS], len(DOMAINS))
+        styles = rng.sample(STYLES, len(STYLES))
+        for k in range(count):
+            plan.append((f"w{start + k:04d}", split, domains[k % len(domains)], styles[k % len(styles)]))
+    return plan
+
+
+def _questions(db: DbInstance, conn: sqlite3.Connection, n: int, rng: random.Random) -> list[Question]:
+    """``n`` verified questions with distinct texts, tiers cycling tier1, tier2, tier3."""
+    questions: list[Question] = []
+    seen: set[str] = set()
+    for j in range(n):
+        tier = TIERS[j % len(TIERS)]
+        for _ in range(_MAX_DRAWS):
+            draft = rng.choice(TEMPLATES[tier])(db, rng)
+            if draft is None or draft.question in seen:
+                continue
+            question = realize(db, draft, conn, rng)
+            if question is not None:
+                break
+        else:
+            raise RuntimeError(f"{db.db_id}: no valid {tier} question in {_MAX_DRAWS} draws")
+        seen.add(question.question)
+        questions.append(question)
+    return questions
+
+
+def _task_entry(task_id: str, db_id: str, split: str, db: DbInstance, q: Question) -> dict[str, Any]:
+    probe = q.probe
+    meta = TaskMeta(
+        task_id, q.tier, q.template, db.domain, db.style, probe.sql if probe else None,
+        probe.surface if probe else None, probe.stored if probe else None, bool(probe and probe.required),
+        q.skip_probe_sql, q.failing_sql, q.misspelling, q.failing_probe_sql, q.distractor_probe_sql,
+    )  # fmt: skip
+    return {
+        "id": task_id, "db_id": db_id, "split": split, "question": q.question, "gold_sql": q.gold_sql,
+        "difficulty": q.tier, "evidence": "", "meta": asdict(meta),
+    }  # fmt: skip
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move the finished folder ``tmp`` to ``out_dir``, replacing a previous one."""
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+        os.replace(out_dir, old / out_dir.name)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_world(
+    out_dir: Path | str, seed: int = 0, n_train_dbs: int = 24, n_test_dbs: int = 8, questions_per_db: int = 12
+) -> World:
+    """Generate a world into ``out_dir`` (replacing one that is there) and load it.
+
+    The folder is built beside ``out_dir`` and renamed into place, so a reader never sees a half-built world.
+    Each database has ``questions_per_db`` tasks, the tiers in turn.
+    """
+    if n_train_dbs < 1 or n_test_dbs < 0 or questions_per_db < 1:
+        raise ValueError("build_world needs n_train_dbs >= 1, n_test_dbs >= 0 and questions_per_db >= 1")
+    out_dir = Path(out_dir).absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        (tmp / "databases").mkdir()
+        domains = {d.name: d for d in DOMAINS}
+        databases, tasks = [], []
+        for db_id, split, domain, style in _plan(seed, n_train_dbs, n_test_dbs):
+            rng = random.Random(f"sqlworld:{seed}:{db_id}")
+            db = instantiate(db_id, domains[domain], style, rng)
+            path = write_database(tmp / "databases" / f"{db_id}.sqlite", db)
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                questions = _questions(db, conn, questions_per_db, rng)
+            finally:
+                conn.close()
+            rel = f"databases/{db_id}.sqlite"
+            databases.append({"db_id": db_id, "split": split, "domain": domain, "style": style, "path": rel})
+            tasks += [_task_entry(f"{db_id}-q{j:02d}", db_id, split, db, q) for j, q in enumerate(questions)]
+        params = {"n_train_dbs": n_train_dbs, "n_test_dbs": n_test_dbs, "questions_per_db": questions_per_db}
+        doc = {"format": "sqlworld", "version": FORMAT_VERSION, "seed": seed, "params": params,
+               "databases": databases, "tasks": tasks}  # fmt: skip
+        atomic_write_json(tmp / "world.json", doc)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_world(out_dir)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_world(out_dir: Path | str) -> World:
+    """The world in ``out_dir`` (made by :func:`build_world`); database paths are made absolute."""
+    root = Path(out_dir).absolute()
+    path = root / "world.json"
+    doc = read_json(path)
+    if not isinstance(doc, dict) or doc.get("format") != "sqlworld":
+        raise DataError(f"{path}: not a SQLWorld file")
+    if doc.get("version") != FORMAT_VERSION:
+        raise DataError(f"{path}: format version {doc.get('version')!r}, expected {FORMAT_VERSION}")
+    databases = {d["db_id"]: d for d in doc["databases"]}
+    splits: dict[str, list[Task]] = {"train": [], "test": []}
+    meta = {}
+    for position, entry in enumerate(doc["tasks"]):
+        split = entry.get("split")
+        if split not in splits or entry.get("db_id") not in databases:
+            raise DataError(
+                f"{path}: task {position}: bad split {split!r} or unknown db_id {entry.get('db_id')!r}"
+            )
+        tasks = splits[split]
+        db_path = (root / databases[entry["db_id"]]["path"]).resolve()
+        tasks.append(Task(entry["id"], len(tasks), entry["question"], entry["db_id"], db_path, entry["gold_sql"],
+                          entry.get("evidence", ""), entry["difficulty"]))  # fmt: skip
+        meta[entry["id"]] = TaskMeta.from_dict(entry["meta"])
+    return World(root, int(doc["seed"]), splits["train"], splits["test"], meta, databases)
