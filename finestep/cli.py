@@ -211,11 +211,15 @@ def _cmd_sft(args: argparse.Namespace, console: Console) -> int:
     from finestep.train.sft import SFTConfig, build_sft_examples, load_sft_records, train_sft
 
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    config = SFTConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_turns=args.max_turns)
+    from finestep.agent.rollout import RolloutConfig
+
+    config = SFTConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
+    prompt = RolloutConfig(max_turns=args.max_turns, protocol=args.protocol, schema_style=args.schema_style,
+                           brief_instructions=args.brief_instructions)  # fmt: skip
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, device=device)
     records = load_sft_records(args.data, args.db_root)
-    examples = build_sft_examples(records, tokenizer, get_protocol(args.protocol), config, SqlSandbox())
+    examples = build_sft_examples(records, tokenizer, get_protocol(args.protocol), prompt, SqlSandbox())
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with _progress(console) as progress:
         bar = progress.add_task("SFT", total=None)
@@ -270,13 +274,17 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
     from finestep.bench.compare import run_bench
-    from finestep.bench.pipeline import PipelineConfig, prepare
+    from finestep.bench.pipeline import PipelineConfig, pipeline_paths, prepare
+    from finestep.train.config import load_train_config
 
     estimators = [name.strip() for name in args.estimators.split(",") if name.strip()]
     common = list(args.overrides)
     if args.model is None:  # SQLWorld: one world and one warm start shared by every run
+        expected = pipeline_paths(args.out)
+        prompt = load_train_config(args.config, [f"data.path={expected['world']}", f"model.path={expected['sft']}",
+                                                 *args.overrides]).rollout  # fmt: skip
         with console.status("preparing the world and the warm start (shared by every run)..."):
-            paths = prepare(args.out, PipelineConfig(seed=args.world_seed), lambda m, f: None)
+            paths = prepare(args.out, PipelineConfig(seed=args.world_seed), prompt, lambda m, f: None)
         common = [f"data.path={paths['world']}", f"model.path={paths['sft']}", *common]
     else:
         common = [f"model.path={args.model}", *common]
@@ -422,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--batch-size", type=int, default=8)
     sf.add_argument("--max-turns", type=int, default=4, help="the turn count the prompt announces")
     sf.add_argument("--protocol", choices=["tags", "json"], default="tags")
+    sf.add_argument("--schema-style", choices=["create", "compact"], default="create",
+                    help="prompt schema as CREATE TABLE text or one line per table (use what training will use)")
+    sf.add_argument("--brief-instructions", action="store_true", help="two-line system prompt (small models)")
     sf.add_argument("--device", default="auto")
     sf.set_defaults(handler=_cmd_sft)
 

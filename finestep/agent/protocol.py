@@ -243,6 +243,12 @@ class Protocol(ABC):
     def instructions(self, max_turns: int) -> str:
         """The system prompt: how to call the tool and answer, within ``max_turns`` turns."""
 
+    def brief_instructions(self, max_turns: int) -> str:
+        """A two-line system prompt for small models trained from scratch (long instructions cost them compute
+        on every example and carry no information they can use)."""
+        return (f"Answer with SQL. {self.render_action('sql', 'Q')} runs Q; "
+                f"{self.render_action('solution', 'Q')} answers. {max_turns} turns.")  # fmt: skip
+
     @abstractmethod
     def wrap_observation(self, body: str) -> str:
         """``body`` in this protocol's observation wrapper."""
@@ -420,18 +426,24 @@ class JsonProtocol(Protocol):
 
 
 def build_messages(
-    task_question: str, schema: str, evidence: str = "", max_turns: int = 5, protocol: str | Protocol = "tags"
+    task_question: str,
+    schema: str,
+    evidence: str = "",
+    max_turns: int = 5,
+    protocol: str | Protocol = "tags",
+    brief: bool = False,
 ) -> list[dict[str, str]]:
     """The chat of a task's prompt: ``[system (protocol instructions), user (schema, evidence, question)]``.
 
-    Empty or blank evidence is left out.
+    Empty or blank evidence is left out; ``brief`` uses the protocol's two-line instructions.
     """
     parts = [f"Database schema:\n{schema.strip()}"]
     if evidence and evidence.strip():
         parts.append(f"External knowledge: {evidence.strip()}")
     parts.append(f"Question: {task_question.strip()}")
     return [
-        {"role": "system", "content": get_protocol(protocol).instructions(max_turns)},
+        {"role": "system", "content": (get_protocol(protocol).brief_instructions(max_turns) if brief
+                                       else get_protocol(protocol).instructions(max_turns))},
         {"role": "user", "content": "\n\n".join(parts)},
     ]
 

@@ -29,7 +29,7 @@ from finestep.data.task import Task
 from finestep.sql.executor import SqlSandbox
 from finestep.sql.schema import schema_prompt
 
-__all__ = ["RolloutConfig", "RolloutTimes", "cached_schema", "rollout"]
+__all__ = ["RolloutConfig", "RolloutTimes", "cached_schema", "prompt_ids", "rollout"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ class RolloutConfig:
         protocol: ``tags`` (``<sql>``/``<solution>``) or ``json`` (tool calls).
         schema_sample_values: sample values per column in the prompt's schema (0: none).
         schema_max_chars: the schema text's cap.
+        schema_style: ``create`` (CREATE TABLE text) or ``compact`` (one line per table).
+        brief_instructions: a two-line system prompt instead of the full instructions.
         observation_rows: result rows shown per observation.
     """
 
@@ -57,6 +59,8 @@ class RolloutConfig:
     protocol: str = "tags"
     schema_sample_values: int = 3
     schema_max_chars: int = 6000
+    schema_style: str = "create"  # or "compact": one line per table (small models)
+    brief_instructions: bool = False  # a two-line system prompt (small models)
     observation_rows: int = 10
 
     def __post_init__(self) -> None:
@@ -75,14 +79,17 @@ class RolloutTimes:
 
 
 @lru_cache(maxsize=512)
-def cached_schema(db_path: str, sample_values: int, max_chars: int) -> str:
+def cached_schema(db_path: str, sample_values: int, max_chars: int, style: str = "create") -> str:
     """The prompt schema of a database, computed once per process."""
-    return schema_prompt(db_path, sample_values=sample_values, max_chars=max_chars)
+    return schema_prompt(db_path, sample_values=sample_values, max_chars=max_chars, style=style)
 
 
-def _prompt_ids(task: Task, tokenizer: Any, protocol: Protocol, config: RolloutConfig) -> list[int]:
-    schema = cached_schema(str(task.db_path), config.schema_sample_values, config.schema_max_chars)
-    messages = build_messages(task.question, schema, task.evidence, config.max_turns, protocol)
+def prompt_ids(
+    question: str, evidence: str, db_path: Any, tokenizer: Any, protocol: Protocol, config: RolloutConfig
+) -> list[int]:
+    """The prompt's token ids for a question on a database, as every rollout (and SFT) builds it."""
+    schema = cached_schema(str(db_path), config.schema_sample_values, config.schema_max_chars, config.schema_style)
+    messages = build_messages(question, schema, evidence, config.max_turns, protocol, config.brief_instructions)
     return encode_prompt(tokenizer, messages)
 
 
@@ -106,7 +113,7 @@ def rollout(
     fmt = ObservationFormat(max_rows=config.observation_rows)
     trajectories: list[Trajectory] = []
     for task in tasks:
-        prompt = _prompt_ids(task, tokenizer, protocol, config)
+        prompt = prompt_ids(task.question, task.evidence, task.db_path, tokenizer, protocol, config)
         for sample in range(config.group_size):
             trajectories.append(Trajectory(task, sample, len(prompt), list(prompt), [0.0] * len(prompt)))
     params = SamplingParams(

@@ -19,7 +19,7 @@ from finestep.agent.generators import get_generator
 from finestep.agent.protocol import get_protocol
 from finestep.agent.rollout import rollout
 from finestep.atomic import atomic_write_json, atomic_write_text
-from finestep.bench.pipeline import PipelineConfig, evaluate_model, prepare, rl_config, run_rl
+from finestep.bench.pipeline import PipelineConfig, evaluate_model, pipeline_paths, prepare, rl_config, run_rl
 from finestep.bench.report import markdown_table, plot_curves, trajectories_html
 from finestep.config import to_dict
 from finestep.data.sqlworld import load_world
@@ -45,14 +45,14 @@ class DemoConfig:
 
     @classmethod
     def full(cls) -> DemoConfig:
-        return cls(PipelineConfig(), rl_steps=40, eval_tasks=96)
+        return cls(PipelineConfig(), rl_steps=25, eval_tasks=96)
 
     @classmethod
     def quick(cls) -> DemoConfig:
         base = PipelineConfig()
-        pipeline = replace(base, n_train_dbs=12, n_test_dbs=4, questions_per_db=10,
+        pipeline = replace(base, n_train_dbs=24, n_test_dbs=4, questions_per_db=10,
                            sft=replace(base.sft, epochs=4))  # fmt: skip
-        return cls(pipeline, rl_steps=10, eval_tasks=32, viewer_tasks=4)
+        return cls(pipeline, rl_steps=8, eval_tasks=32, viewer_tasks=4)
 
 
 def _viewer(model_dir: Path, tasks: list, config: TrainConfig, path: Path) -> None:
@@ -71,11 +71,12 @@ def _viewer(model_dir: Path, tasks: list, config: TrainConfig, path: Path) -> No
 def run_demo(out: Path, demo: DemoConfig, say: Callable[[str, float | None], None]) -> dict[str, Any]:
     """Run the demo into ``out``; returns the summary (also written to ``out/summary.json``)."""
     start = time.perf_counter()
-    paths = prepare(out, demo.pipeline, say)
+    expected = pipeline_paths(out)
+    config = rl_config(CONFIG, expected["world"], expected["sft"],
+                       [f"trainer.max_steps={demo.rl_steps}", f"data.max_eval_tasks={demo.eval_tasks}"])  # fmt: skip
+    paths = prepare(out, demo.pipeline, config.rollout, say)
     world = load_world(paths["world"])
     tasks = world.test[: demo.eval_tasks]
-    config = rl_config(CONFIG, paths["world"], paths["sft"],
-                       [f"trainer.max_steps={demo.rl_steps}", f"data.max_eval_tasks={demo.eval_tasks}"])  # fmt: skip
     say("evaluating the warm-started model on held-out databases", None)
     before, _ = evaluate_model(paths["sft"], tasks, config.rollout)
     run_dir = out / "rl"

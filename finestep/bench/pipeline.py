@@ -32,7 +32,7 @@ from finestep.train.config import TinyModelConfig, TrainConfig, load_train_confi
 from finestep.train.rl import RLTrainer
 from finestep.train.sft import SFTConfig, build_sft_examples, load_sft_records, train_sft
 
-__all__ = ["PipelineConfig", "evaluate_model", "prepare", "rl_config", "run_rl"]
+__all__ = ["PipelineConfig", "evaluate_model", "pipeline_paths", "prepare", "rl_config", "run_rl"]
 
 Progress = Callable[[str, float | None], None]  # (message, fraction done or None)
 
@@ -42,24 +42,25 @@ class PipelineConfig:
     """World size, expert imperfection, model size and SFT budget (the RL budget is in the RL config)."""
 
     seed: int = 0
-    n_train_dbs: int = 24
-    n_test_dbs: int = 8
+    n_train_dbs: int = 96  # many schemas: with few, a tiny model memorizes table names instead of copying them
+    n_test_dbs: int = 16
     questions_per_db: int = 12
     expert: ExpertConfig = field(default_factory=ExpertConfig)
-    expert_samples_per_task: int = 2
+    expert_samples_per_task: int = 1
     tiny: TinyModelConfig = field(default_factory=lambda: TinyModelConfig(
         vocab_size=1024, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256,
         max_position_embeddings=2048,
     ))  # fmt: skip
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=6, lr=2e-3, batch_size=16, max_turns=4,
-                                                              schema_sample_values=0, schema_max_chars=2000))
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=8, lr=3e-3, batch_size=16))
     eval_tasks: int = 96
 
 
-def _corpus(world_dir: Path, tasks: list[Task], expert_lines: list[dict[str, Any]]) -> list[str]:
-    """Everything the agent will read or write: schemas, questions, SQL, turns and observations."""
-    protocol = get_protocol("tags")
-    texts = [cached_schema(str(p), 0, 2000) for p in sorted({t.db_path for t in tasks})]
+def _corpus(tasks: list[Task], expert_lines: list[dict[str, Any]], prompt: RolloutConfig) -> list[str]:
+    """Everything the agent will read or write: instructions, schemas, questions, SQL, turns and observations."""
+    protocol = get_protocol(prompt.protocol)
+    texts = [protocol.brief_instructions(prompt.max_turns), protocol.instructions(prompt.max_turns)]
+    texts += [cached_schema(str(p), prompt.schema_sample_values, prompt.schema_max_chars, prompt.schema_style)
+              for p in sorted({t.db_path for t in tasks})]  # fmt: skip
     texts += [f"{t.question}\n{t.gold_sql}" for t in tasks]
     for line in expert_lines:
         for step in line["steps"]:
@@ -70,10 +71,18 @@ def _corpus(world_dir: Path, tasks: list[Task], expert_lines: list[dict[str, Any
     return texts
 
 
-def prepare(out: Path, config: PipelineConfig, progress: Progress | None = None) -> dict[str, Path]:
-    """Build (or reuse) the world, the expert data, the tiny model and its SFT warm start under ``out``."""
+def pipeline_paths(out: Path) -> dict[str, Path]:
+    """Where :func:`prepare` puts the world, the expert data, the initial and the warm-started model."""
+    return {"world": out / "world", "expert": out / "expert.jsonl", "init": out / "model-init", "sft": out / "model-sft"}
+
+
+def prepare(out: Path, config: PipelineConfig, prompt: RolloutConfig, progress: Progress | None = None) -> dict[str, Path]:
+    """Build (or reuse) the world, the expert data, the tiny model and its SFT warm start under ``out``.
+
+    ``prompt`` is the RL run's rollout config: the warm start sees exactly the prompts RL will use.
+    """
     say = progress or (lambda message, fraction: None)
-    paths = {"world": out / "world", "expert": out / "expert.jsonl", "init": out / "model-init", "sft": out / "model-sft"}
+    paths = pipeline_paths(out)
     if not (paths["world"] / "world.json").is_file():
         say("building the world", None)
         build_world(paths["world"], seed=config.seed, n_train_dbs=config.n_train_dbs, n_test_dbs=config.n_test_dbs,
@@ -88,7 +97,7 @@ def prepare(out: Path, config: PipelineConfig, progress: Progress | None = None)
         say("training the tokenizer and building the tiny model", None)
         tiny = config.tiny
         build_tiny_model(
-            _corpus(paths["world"], world.train + world.test, expert_lines), paths["init"],
+            _corpus(world.train + world.test, expert_lines, prompt), paths["init"],
             vocab_size=tiny.vocab_size, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
             num_heads=tiny.num_heads, num_kv_heads=tiny.num_kv_heads, intermediate_size=tiny.intermediate_size,
             max_position_embeddings=tiny.max_position_embeddings, seed=config.seed,
@@ -96,8 +105,8 @@ def prepare(out: Path, config: PipelineConfig, progress: Progress | None = None)
     if not (paths["sft"] / "config.json").is_file():
         tokenizer = load_tokenizer(paths["init"])
         model = load_model(paths["init"])
-        examples = build_sft_examples(load_sft_records(paths["expert"]), tokenizer, get_protocol("tags"),
-                                      config.sft, SqlSandbox())  # fmt: skip
+        examples = build_sft_examples(load_sft_records(paths["expert"]), tokenizer, get_protocol(prompt.protocol),
+                                      prompt, SqlSandbox())  # fmt: skip
         train_sft(model, examples, config.sft, int(tokenizer.pad_token_id), torch.device("cpu"),
                   on_step=lambda step, total, loss: say(f"SFT warm start (loss {loss:.3f})", step / total))
         tmp = paths["sft"].with_name(".model-sft.tmp")

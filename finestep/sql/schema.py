@@ -122,16 +122,29 @@ def _format_table(table: Table, with_samples: bool) -> str:
     return f"CREATE TABLE {table.name} (\n" + "\n".join(lines) + "\n);"
 
 
+def _format_compact(table: Table) -> str:
+    references = {column: f"{ref}.{ref_col}" for column, ref, ref_col in table.foreign_keys}
+    columns = [f"{c.name} -> {references[c.name]}" if c.name in references else c.name for c in table.columns]
+    return f"{table.name}({', '.join(columns)})"
+
+
 def schema_prompt(
     db_path: str | os.PathLike[str],
     sample_values: int = 3,
     max_chars: int = 12_000,
     max_value_chars: int = 40,
+    style: str = "create",
 ) -> str:
-    """The schema of ``db_path`` as CREATE TABLE text for a prompt, at most ``max_chars`` characters.
+    """The schema of ``db_path`` as text for a prompt, at most ``max_chars`` characters.
 
-    ``sample_values=0`` leaves stored values out entirely (tables and columns only).
+    ``style="create"``: CREATE TABLE statements (with sample values unless ``sample_values=0``);
+    ``style="compact"``: one line per table, ``titles(id, title, writer_id -> writers.id)``, no values (for small
+    models, where every prompt token costs).
     """
+    if style == "compact":
+        return "\n".join(_format_compact(t) for t in read_schema(db_path, sample_values=0))[:max_chars]
+    if style != "create":
+        raise ValueError(f"schema style must be 'create' or 'compact', got {style!r}")
     tables = read_schema(db_path, sample_values, max_value_chars)
     for with_samples in ((True, False) if sample_values > 0 else (False,)):
         text = "\n\n".join(_format_table(t, with_samples) for t in tables)

@@ -17,14 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from finestep.agent.protocol import (
-    ObservationFormat,
-    Protocol,
-    build_messages,
-    encode_observation,
-    encode_prompt,
-)
-from finestep.agent.rollout import cached_schema
+from finestep.agent.protocol import ObservationFormat, Protocol, encode_observation
+from finestep.agent.rollout import RolloutConfig, prompt_ids
 from finestep.rewards.records import TrajectoryRecord, read_trajectories
 from finestep.sql.executor import SqlSandbox
 
@@ -42,9 +36,6 @@ class SFTConfig:
     grad_clip: float = 1.0
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1  # the learning rate decays linearly to lr * min_lr_ratio at the last step
-    max_turns: int = 4
-    schema_sample_values: int = 3
-    schema_max_chars: int = 6000
     seed: int = 0
 
 
@@ -65,18 +56,18 @@ def _turn_text(step: dict[str, Any], protocol: Protocol) -> str:
 
 
 def build_sft_examples(
-    records: list[TrajectoryRecord], tokenizer: Any, protocol: Protocol, config: SFTConfig, sandbox: SqlSandbox
+    records: list[TrajectoryRecord], tokenizer: Any, protocol: Protocol, prompt: RolloutConfig, sandbox: SqlSandbox
 ) -> list[SFTExample]:
-    """Tokenize trajectories for SFT; errors name the line of the trajectory file."""
+    """Tokenize trajectories for SFT exactly as rollouts with ``prompt`` (schema style, instructions, turns)
+    build them; errors name the line of the trajectory file."""
     examples = []
-    fmt = ObservationFormat()
+    fmt = ObservationFormat(max_rows=prompt.observation_rows)
     for record in records:
         where = f"line {record.line}"
         if record.db_path is None or not record.db_path.is_file():
             raise ValueError(f"{where}: field 'db_path' must name an existing database (the prompt shows its schema)")
-        schema = cached_schema(str(record.db_path), config.schema_sample_values, config.schema_max_chars)
         evidence = str(record.raw.get("evidence") or "")
-        ids = encode_prompt(tokenizer, build_messages(record.question, schema, evidence, config.max_turns, protocol))
+        ids = prompt_ids(record.question, evidence, record.db_path, tokenizer, protocol, prompt)
         mask = [False] * len(ids)
         for t, step in enumerate(record.steps):
             try:
@@ -92,7 +83,7 @@ def build_sft_examples(
             if observation is None:
                 result = sandbox.execute(record.db_path, step["sql"]) if step.get("sql") else None
                 error = None if result is not None else "no action"
-                observation = protocol.observation_text(result, error, config.max_turns - t - 1, fmt)
+                observation = protocol.observation_text(result, error, prompt.max_turns - t - 1, fmt)
             obs_ids = encode_observation(tokenizer, observation)
             ids += obs_ids
             mask += [False] * len(obs_ids)
