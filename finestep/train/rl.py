@@ -8,7 +8,6 @@ continues from the newest checkpoint exactly: step, optimizer, scheduler, RNG st
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -248,12 +247,3 @@ class RLTrainer:
             return final
         finally:
             self.log.close()
-
-    def metrics_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The lines of a run's metrics.jsonl."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
