@@ -35,10 +35,25 @@ demo: install
 
 test: install-dev
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-verl
 
 bench: install
 	$(BIN)/python benchmarks/eval_speed.py --spider-dir $(SPIDER)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/credit_speed.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-verl runs .pytest_cache .hypothesis
+
+# verl integration (finestep/integrations, tests/verl) in its own environment: verl 0.9.1 pins a transformers
+# older than the main environment's. FINESTEP_REQUIRE_VERL=1 turns a missing verl into a failure, not a skip.
+VENV_VERL := .venv-verl
+.PHONY: test-verl
+
+$(VENV_VERL)/.installed: pyproject.toml constraints-verl.txt
+	$(PYTHON) -m venv $(VENV_VERL)
+	$(VENV_VERL)/bin/pip install --quiet --upgrade pip
+	$(VENV_VERL)/bin/pip install --quiet --constraint constraints-verl.txt -e '.[dev,verl]'
+	touch $@
+
+test-verl: $(VENV_VERL)/.installed
+	FINESTEP_REQUIRE_VERL=1 $(VENV_VERL)/bin/python -m pytest -q tests/verl
