@@ -24,14 +24,11 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# Until the SQLWorld demo lands, the demo is the most complete job that exists, on Spider dev:
-#  1. score Spider's gold queries through the sandbox (EX 100.0 over 972 questions, 62 unavailable);
-#  2. show FineStep's per-step credit on a hand-written group of trajectories;
-#  3. train a tiny model from scratch for 3 RL steps (rollouts, rewards, credit, PPO), evaluate, checkpoint.
+# The demo: SQLWorld end to end on a CPU (world, tiny model, SFT, FineStep RL, before/after report and viewer),
+# then the Spider checks that need the shared data: the sandbox scoring gold queries (EX 100.0 over 972).
 demo: install
-	$(BIN)/finestep eval --benchmark spider --data $(SPIDER) --predictions $(SPIDER)/dev_gold.sql --out runs/demo/eval.json
-	$(BIN)/finestep credit --input examples/trajectories.jsonl --db-root $(SPIDER)/database --table --out runs/demo/credit.jsonl
-	FINESTEP_SPIDER_DIR=$(SPIDER) $(BIN)/finestep train --config configs/spider-tiny.yaml --run-dir runs/demo/train trainer.max_steps=3
+	$(BIN)/finestep demo --out runs/demo
+	$(BIN)/finestep eval --benchmark spider --data $(SPIDER) --predictions $(SPIDER)/dev_gold.sql --out runs/demo/spider-eval.json
 
 test: install-dev
 	$(BIN)/python -m pytest -q
