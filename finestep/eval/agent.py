@@ -20,7 +20,7 @@ from finestep.eval.predictions import BIRD_SEPARATOR
 from finestep.rewards import RewardConfig
 from finestep.sql.executor import SqlSandbox
 
-__all__ = ["predictions_text", "run_agent_eval"]
+__all__ = ["ask", "predictions_text", "run_agent_eval"]
 
 
 def predictions_text(benchmark: Benchmark, sql_by_index: dict[int, str]) -> tuple[str, str]:
