@@ -95,9 +95,7 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
 
     run_dir = args.resume or args.run_dir
     if args.resume:
-        from finestep.train.config import load_train_config as load
-
-        config = load(args.resume / "config.yaml", args.overrides)
+        config = load_train_config(args.resume / "config.yaml", args.overrides)
     else:
         config = load_train_config(args.config, args.overrides)
     with console.status("setting up (data, model, tokenizer)..."):

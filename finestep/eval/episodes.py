@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from finestep.agent.trajectory import Trajectory
 from finestep.rewards import RewardConfig, outcome_reward, process_rewards, step_links
+from finestep.rewards.process import total_process_reward
 from finestep.sql.analysis import canonical_sql
 from finestep.sql.executor import SqlSandbox
 from finestep.sql.schema import schema_columns
@@ -47,7 +48,7 @@ def score_episodes(trajectories: Sequence[Trajectory], sandbox: SqlSandbox, conf
             EpisodeScore(
                 outcome=outcome_reward(steps, gold.rows, task.gold_sql, config.outcome),
                 rule_values=rules,
-                process_reward=[round(sum(r.values()), 12) for r in rules],
+                process_reward=[total_process_reward(r) for r in rules],
                 links=step_links(steps, config.links, f"{task.question}\n{task.evidence}"),
             )
         )

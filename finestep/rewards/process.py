@@ -17,7 +17,7 @@ from finestep.sql.analysis import canonical_sql, query_references
 from finestep.sql.compare import results_match
 from finestep.sql.executor import ErrorKind
 
-__all__ = ["PROCESS_RULES", "RuleContext", "is_grounded", "process_rewards", "process_rule"]
+__all__ = ["PROCESS_RULES", "RuleContext", "is_grounded", "process_rewards", "process_rule", "total_process_reward"]
 
 # Names SQLite provides whatever the schema: pseudo-columns and built-in tables / table-valued functions.
 _PSEUDO_COLUMNS = frozenset({"rowid", "oid", "_rowid_"})
@@ -115,6 +115,11 @@ def progress(t: int, ctx: RuleContext, cfg: ProcessConfig) -> float:
 def format_rule(t: int, ctx: RuleContext, cfg: ProcessConfig) -> float:
     step = ctx.steps[t]
     return cfg.format if step.kind == "none" or step.format_error is not None else 0.0
+
+
+def total_process_reward(rule_values: dict[str, float]) -> float:
+    """r_t: the sum of a step's weighted rule values (rounded so that -0.2 + 0.1 + -0.1 reads -0.2, not -0.19999)."""
+    return round(sum(rule_values.values()), 12)
 
 
 def process_rewards(

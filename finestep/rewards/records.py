@@ -22,7 +22,7 @@ from finestep.data.task import DataError, read_text
 from finestep.rewards.config import RewardConfig
 from finestep.rewards.links import step_links
 from finestep.rewards.outcome import outcome_reward
-from finestep.rewards.process import process_rewards
+from finestep.rewards.process import process_rewards, total_process_reward
 from finestep.rewards.steps import RewardStep
 from finestep.sql.executor import ExecutionResult, SqlSandbox
 from finestep.sql.schema import schema_columns
@@ -69,9 +69,8 @@ def _validate_step(step: Any, where: str, index: int) -> None:
                 f"{where}.links", "expected a list of step indices")  # fmt: skip
         bad = [k for k in links if not 0 <= k < index]
         _expect(not bad, f"{where}.links", f"{bad[0] if bad else ''} is not an earlier step (0..{index - 1})")
-    for flag in ("truncated",):
-        if flag in step:
-            _expect(isinstance(step[flag], bool), f"{where}.{flag}", "expected true or false")
+    if "truncated" in step:
+        _expect(isinstance(step["truncated"], bool), f"{where}.truncated", "expected true or false")
 
 
 def _parse_line(text: str, where: str, db_root: Path) -> tuple[dict[str, Any], Path | None]:
@@ -184,7 +183,7 @@ def score_trajectory(record: TrajectoryRecord, sandbox: SqlSandbox, config: Rewa
         )
     rule_values = [None if "process_reward" in s else computed[t] for t, s in enumerate(record.steps)]  # type: ignore[index]
     rewards = [
-        float(s["process_reward"]) if "process_reward" in s else round(sum(rule_values[t].values()), 12)  # type: ignore[union-attr]
+        float(s["process_reward"]) if "process_reward" in s else total_process_reward(rule_values[t])  # type: ignore[arg-type]
         for t, s in enumerate(record.steps)
     ]
     linked = step_links(steps, config.links, record.question) if "steps[].links" in missing else None

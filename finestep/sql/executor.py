@@ -25,7 +25,7 @@ import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 __all__ = [
@@ -449,7 +449,7 @@ class SqlSandbox:
         if key is not None:
             hit = self.cache.get(key)
             if hit is not None:
-                return ExecutionResult(**{**hit.__dict__, "cached": True})
+                return replace(hit, cached=True)
         result = execute(db_path, sql, self.limits)
         if key is not None:
             self.cache.put(key, result)
@@ -469,7 +469,7 @@ class SqlSandbox:
         for i, key in enumerate(keys):
             hit = self.cache.get(key) if key is not None else None
             if hit is not None:
-                results[i] = ExecutionResult(**{**hit.__dict__, "cached": True})
+                results[i] = replace(hit, cached=True)
             else:
                 pending.append(i)
         n_cached = len(jobs) - len(pending)

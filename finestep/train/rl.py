@@ -203,7 +203,7 @@ class RLTrainer:
         return {
             "step": self.step,
             **episode_metrics(trajectories, scores),
-            **{k: v for k, v in update.items()},
+            **update,
             "lr": self.scheduler.get_last_lr()[0],
             "advantage_abs_mean": float(np.abs(advantages.advantages).mean()) if advantages.advantages.size else 0.0,
             "tokens_per_s": generated / max(times.generate, 1e-9),
