@@ -39,19 +39,25 @@ Progress = Callable[[str, float | None], None]  # (message, fraction done or Non
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """World size, expert imperfection, model size and SFT budget (the RL budget is in the RL config)."""
+    """World size, expert imperfection, model size and SFT budget (the RL budget is in the RL config).
+
+    The bench's defaults: 96 training databases with 12 training questions each, plus 2 validation and 4
+    held-out questions each (new questions on the training databases), and 16 unseen test databases.
+    """
 
     seed: int = 0
     n_train_dbs: int = 96  # many schemas: with few, a tiny model memorizes table names instead of copying them
     n_test_dbs: int = 16
     questions_per_db: int = 12
+    valid_per_db: int = 2
+    heldout_per_db: int = 4
     expert: ExpertConfig = field(default_factory=ExpertConfig)
-    expert_samples_per_task: int = 1
+    expert_samples_per_task: int = 2
     tiny: TinyModelConfig = field(default_factory=lambda: TinyModelConfig(
-        vocab_size=1024, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256,
+        vocab_size=1024, hidden_size=192, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=512,
         max_position_embeddings=2048,
     ))  # fmt: skip
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=8, lr=3e-3, batch_size=16))
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=4, lr=3e-3, batch_size=16))
     eval_tasks: int = 96
 
 
@@ -86,7 +92,8 @@ def prepare(out: Path, config: PipelineConfig, prompt: RolloutConfig, progress: 
     if not (paths["world"] / "world.json").is_file():
         say("building the world", None)
         build_world(paths["world"], seed=config.seed, n_train_dbs=config.n_train_dbs, n_test_dbs=config.n_test_dbs,
-                    questions_per_db=config.questions_per_db)  # fmt: skip
+                    questions_per_db=config.questions_per_db, valid_per_db=config.valid_per_db,
+                    heldout_per_db=config.heldout_per_db)  # fmt: skip
     world = load_world(paths["world"])
     if not paths["expert"].is_file():
         say("writing expert trajectories", None)

@@ -80,6 +80,8 @@ class DataConfig:
     eval_databases: int = 4  # databases held out for evaluation (the first ones in sorted order)
     max_train_tasks: int | None = None
     max_eval_tasks: int | None = 32
+    eval_split: str = "test"  # sqlworld: the split evaluated (test: unseen databases; heldout or valid: new
+    # questions on the training databases)
 
 
 @dataclass(frozen=True)

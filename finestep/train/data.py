@@ -26,15 +26,22 @@ def _data_path(config: DataConfig) -> Path:
 def load_task_split(config: DataConfig) -> tuple[list[Task], list[Task]]:
     """Available tasks split by database: the first ``eval_databases`` databases (sorted) are held out.
 
-    A SQLWorld world (``benchmark: sqlworld``, ``path``: its folder) keeps its own train/test split.
+    A SQLWorld world (``benchmark: sqlworld``, ``path``: its folder) keeps its own splits; ``eval_split`` names
+    the evaluated one (``test``: unseen databases; ``valid`` or ``heldout``: new questions on training databases).
     """
     if config.benchmark == "sqlworld":
-        from finestep.data.sqlworld import load_world
+        from finestep.data.sqlworld import SPLITS, load_world
 
         if not config.path:
             raise DataError("data.path: required for benchmark sqlworld (a folder made by build_world)")
+        if config.eval_split not in SPLITS or config.eval_split == "train":
+            raise DataError(f"data.eval_split: expected one of valid, heldout, test; got {config.eval_split!r}")
         world = load_world(Path(os.path.expandvars(config.path)))
-        return world.train[: config.max_train_tasks], world.test[: config.max_eval_tasks]
+        evaluation = world.split(config.eval_split)
+        if not evaluation:
+            raise DataError(f"data.eval_split: the world at {config.path} has no {config.eval_split!r} questions "
+                            "(build it with valid_per_db / heldout_per_db)")
+        return world.train[: config.max_train_tasks], evaluation[: config.max_eval_tasks]
     benchmark = load_benchmark(config.benchmark, _data_path(config))
     tasks = benchmark.available
     databases = sorted({t.db_id for t in tasks})

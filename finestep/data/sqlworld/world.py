@@ -25,10 +25,13 @@ from finestep.data.sqlworld.generate import DbInstance, instantiate, write_datab
 from finestep.data.sqlworld.questions import TEMPLATES, Question, realize
 from finestep.data.task import Benchmark, DataError, Task, read_json
 
-__all__ = ["FORMAT_VERSION", "TIERS", "TaskMeta", "World", "build_world", "load_world"]
+__all__ = ["FORMAT_VERSION", "SPLITS", "TIERS", "TaskMeta", "World", "build_world", "load_world"]
 
 FORMAT_VERSION = 1
 TIERS = ("tier1", "tier2", "tier3")
+SPLITS = ("train", "valid", "heldout", "test")
+"""``train``: training questions; ``valid`` and ``heldout``: new questions on the training databases (never
+trained on: ``valid`` to choose settings, ``heldout`` to report once); ``test``: questions on unseen databases."""
 _MAX_DRAWS = 500
 
 
@@ -79,6 +82,7 @@ class World:
         root: the world folder.
         seed: the seed it was built from.
         train, test: the tasks of each split, in file order (``Task.index`` is the position in the split).
+        valid, heldout: new questions on the training databases (empty in worlds built without them).
         meta: task id -> :class:`TaskMeta`.
         databases: db_id -> ``{"split", "domain", "style", "path"}``.
     """
@@ -89,12 +93,14 @@ class World:
     test: list[Task]
     meta: dict[str, TaskMeta] = field(default_factory=dict)
     databases: dict[str, dict[str, str]] = field(default_factory=dict)
+    valid: list[Task] = field(default_factory=list)
+    heldout: list[Task] = field(default_factory=list)
 
     def split(self, name: str) -> list[Task]:
-        """The tasks of split ``name`` (``train`` or ``test``)."""
-        if name not in ("train", "test"):
-            raise ValueError(f"unknown split {name!r}; expected 'train' or 'test'")
-        return self.train if name == "train" else self.test
+        """The tasks of split ``name``, one of ``SPLITS``."""
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
+        return getattr(self, name)
 
     def benchmark(self, name: str) -> Benchmark:
         """The tasks of split ``name`` as a :class:`Benchmark`."""
@@ -157,16 +163,35 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _extra_splits(k: int, valid_per_db: int, heldout_per_db: int) -> list[str]:
+    """Splits of the extra questions of the ``k``-th training database: ``valid`` and ``heldout`` rotated by ``k``,
+    so that each split gets every tier (the tiers cycle over a database's questions)."""
+    names = ["valid"] * valid_per_db + ["heldout"] * heldout_per_db
+    if not names:
+        return []
+    shift = k % len(names)
+    return names[shift:] + names[:shift]
+
+
 def build_world(
-    out_dir: Path | str, seed: int = 0, n_train_dbs: int = 24, n_test_dbs: int = 8, questions_per_db: int = 12
+    out_dir: Path | str,
+    seed: int = 0,
+    n_train_dbs: int = 24,
+    n_test_dbs: int = 8,
+    questions_per_db: int = 12,
+    valid_per_db: int = 0,
+    heldout_per_db: int = 0,
 ) -> World:
     """Generate a world into ``out_dir`` (replacing one that is there) and load it.
 
     The folder is built beside ``out_dir`` and renamed into place, so a reader never sees a half-built world.
-    Each database has ``questions_per_db`` tasks, the tiers in turn.
+    Each database has ``questions_per_db`` tasks, the tiers in turn; each training database has
+    ``valid_per_db + heldout_per_db`` more (distinct texts), in the ``valid`` and ``heldout`` splits. The first
+    ``questions_per_db`` questions of a database do not depend on the extra counts.
     """
-    if n_train_dbs < 1 or n_test_dbs < 0 or questions_per_db < 1:
-        raise ValueError("build_world needs n_train_dbs >= 1, n_test_dbs >= 0 and questions_per_db >= 1")
+    if n_train_dbs < 1 or n_test_dbs < 0 or questions_per_db < 1 or valid_per_db < 0 or heldout_per_db < 0:
+        raise ValueError("build_world needs n_train_dbs >= 1, n_test_dbs >= 0, questions_per_db >= 1 and "
+                         "valid_per_db, heldout_per_db >= 0")
     out_dir = Path(out_dir).absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -175,19 +200,24 @@ def build_world(
         (tmp / "databases").mkdir()
         domains = {d.name: d for d in DOMAINS}
         databases, tasks = [], []
-        for db_id, split, domain, style in _plan(seed, n_train_dbs, n_test_dbs):
+        for k, (db_id, split, domain, style) in enumerate(_plan(seed, n_train_dbs, n_test_dbs)):
             rng = random.Random(f"sqlworld:{seed}:{db_id}")
             db = instantiate(db_id, domains[domain], style, rng)
             path = write_database(tmp / "databases" / f"{db_id}.sqlite", db)
+            task_splits = [split] * questions_per_db
+            if split == "train":
+                task_splits += _extra_splits(k, valid_per_db, heldout_per_db)
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
-                questions = _questions(db, conn, questions_per_db, rng)
+                questions = _questions(db, conn, len(task_splits), rng)
             finally:
                 conn.close()
             rel = f"databases/{db_id}.sqlite"
             databases.append({"db_id": db_id, "split": split, "domain": domain, "style": style, "path": rel})
-            tasks += [_task_entry(f"{db_id}-q{j:02d}", db_id, split, db, q) for j, q in enumerate(questions)]
-        params = {"n_train_dbs": n_train_dbs, "n_test_dbs": n_test_dbs, "questions_per_db": questions_per_db}
+            tasks += [_task_entry(f"{db_id}-q{j:02d}", db_id, s, db, q)
+                      for j, (s, q) in enumerate(zip(task_splits, questions))]  # fmt: skip
+        params = {"n_train_dbs": n_train_dbs, "n_test_dbs": n_test_dbs, "questions_per_db": questions_per_db,
+                  "valid_per_db": valid_per_db, "heldout_per_db": heldout_per_db}  # fmt: skip
         doc = {"format": "sqlworld", "version": FORMAT_VERSION, "seed": seed, "params": params,
                "databases": databases, "tasks": tasks}  # fmt: skip
         atomic_write_json(tmp / "world.json", doc)
@@ -214,7 +244,7 @@ def load_world(out_dir: Path | str) -> World:
     if doc.get("version") != FORMAT_VERSION:
         raise DataError(f"{path}: format version {doc.get('version')!r}, expected {FORMAT_VERSION}")
     databases = {d["db_id"]: d for d in doc["databases"]}
-    splits: dict[str, list[Task]] = {"train": [], "test": []}
+    splits: dict[str, list[Task]] = {name: [] for name in SPLITS}
     meta = {}
     for position, entry in enumerate(doc["tasks"]):
         split = entry.get("split")
@@ -227,4 +257,5 @@ def load_world(out_dir: Path | str) -> World:
         tasks.append(Task(entry["id"], len(tasks), entry["question"], entry["db_id"], db_path, entry["gold_sql"],
                           entry.get("evidence", ""), entry["difficulty"]))  # fmt: skip
         meta[entry["id"]] = TaskMeta.from_dict(entry["meta"])
-    return World(root, int(doc["seed"]), splits["train"], splits["test"], meta, databases)
+    return World(root, int(doc["seed"]), splits["train"], splits["test"], meta, databases, splits["valid"],
+                 splits["heldout"])
