@@ -4,7 +4,7 @@ Small databases over six domains store categorical values in one of four styles 
 lower case, upper case or codes), so whether a ``SELECT DISTINCT`` probe is needed can only be known by
 looking. Questions come in three tiers (filter/count, value probe, join + probe); a scripted expert writes
 trajectories with configurable imperfections (redundant probes, failed queries and their repair, skipped
-probes, wasted probes) for a warm start.
+probes, wasted probes) for a warm start; ``oracle_labels`` says which steps of any trajectory were good or bad.
 
     world = build_world(Path("runs/world"), seed=0)
     lines = expert_dataset(world, "train", n_per_task=2, config=ExpertConfig())
@@ -22,21 +22,26 @@ from finestep.data.sqlworld.expert import (
     solution_correct,
     write_jsonl,
 )
+from finestep.data.sqlworld.oracle import LABEL_VALUES, OracleLabel, label_values, oracle_labels
 from finestep.data.sqlworld.world import TIERS, TaskMeta, World, build_world, load_world
 
 __all__ = [
     "CATEGORIES",
     "DOMAINS",
+    "LABEL_VALUES",
     "STYLES",
     "TIERS",
     "ExpertConfig",
+    "OracleLabel",
     "TaskMeta",
     "World",
     "build_world",
     "clean_expert",
     "expert_dataset",
     "expert_trajectory",
+    "label_values",
     "load_world",
+    "oracle_labels",
     "solution_correct",
     "write_jsonl",
 ]
