@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "world": world_info,
         "model": str(args.model) if args.model else None,
-        "config": str(args.config),
+        "config": _shown(args.config),
         "command": shlex.join(["benchmarks/credit_quality.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.date.today().isoformat(),
     }  # fmt: skip
@@ -332,6 +332,14 @@ def main(argv: list[str] | None = None) -> int:
         console.print(_table(f"pooled: {top['n_labelled']} labelled steps", top))
     console.print(f"wrote {args.out}")
     return 0
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _n_keys(arrays: list[np.ndarray]) -> int:
