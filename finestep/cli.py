@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -112,7 +115,7 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
             progress.console.print(
                 f"step {int(m['step']):4d}  reward {m['reward']:+.3f}  EX {m['ex']:5.1f}  tool calls "
                 f"{m['tool_calls']:.2f}  redundant {m['redundant_rate']:.2f}  kl {m.get('approx_kl', 0.0):.4f}  "
-                f"clip {m.get('clip_frac', 0.0):.2f}  {m['tokens_per_s']:.0f} tok/s  {m['time_step']:.1f} s",
+                f"clip {m.get('clip_fraction', 0.0):.2f}  {m['tokens_per_s']:.0f} tok/s  {m['time_step']:.1f} s",
                 highlight=False,
             )
 
@@ -239,6 +242,47 @@ def _cmd_sft(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _stage(message: str) -> str:
+    """The stage a demo progress message belongs to: ``"SFT warm start (loss 0.4)"`` -> ``"SFT warm start"``,
+    ``"FineStep RL step 3/25: ..."`` -> ``"FineStep RL"``."""
+    return message.split(" (")[0].split(" step ")[0]
+
+
+class PlainProgress:
+    """Progress as plain, flushed lines, for output that is not a terminal (a pipe, a log file, CI), where a
+    live progress bar would print nothing: a line when a stage starts, one each time the stage's fraction done
+    passes another ``every`` (10 % by default), and a line with its duration when it ends.
+
+    Called as ``say(message, fraction)`` (fraction in [0, 1], or None when unknown); ``close()`` ends the last
+    stage.
+    """
+
+    def __init__(self, stream: TextIO, every: float = 0.1, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.stream, self.every, self.clock = stream, every, clock
+        self.start = self.stage_start = clock()
+        self.stage = ""
+        self.next_fraction = every
+
+    def _line(self, text: str) -> None:
+        self.stream.write(f"[{self.clock() - self.start:5.0f} s] {text}\n")
+        self.stream.flush()
+
+    def __call__(self, message: str, fraction: float | None) -> None:
+        stage = _stage(message)
+        if stage != self.stage:
+            self.close()
+            self.stage, self.stage_start, self.next_fraction = stage, self.clock(), self.every
+            self._line(message if fraction is None else f"{message} [{fraction:.0%}]")
+        elif fraction is not None and fraction >= self.next_fraction - 1e-9:
+            self._line(f"{message} [{fraction:.0%}]")
+            self.next_fraction = (math.floor(fraction / self.every + 1e-9) + 1) * self.every
+
+    def close(self) -> None:
+        if self.stage:
+            self._line(f"done {self.stage} ({self.clock() - self.stage_start:.0f} s)")
+            self.stage = ""
+
+
 def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from rich.table import Table
 
@@ -246,20 +290,25 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
     demo = DemoConfig.quick() if args.quick else DemoConfig.full()
     console.print(f"SQLWorld demo{' (quick)' if args.quick else ''} into {args.out}/")
-    with _progress(console) as progress:
-        bar = progress.add_task("starting", total=1.0)
-        current = [""]
+    if console.is_terminal:
+        with _progress(console) as progress:
+            bar = progress.add_task("starting", total=1.0)
+            current = [""]
 
-        def say(message: str, fraction: float | None) -> None:
-            stage = message.split(" (")[0].split(" step ")[0]
-            if stage != current[0]:
-                if current[0]:
-                    progress.console.print(f"[green]done[/green] {current[0]}")
-                current[0] = stage
-                progress.reset(bar, total=1.0)
-            progress.update(bar, description=message, completed=fraction if fraction is not None else 0.0)
+            def say(message: str, fraction: float | None) -> None:
+                stage = _stage(message)
+                if stage != current[0]:
+                    if current[0]:
+                        progress.console.print(f"[green]done[/green] {current[0]}")
+                    current[0] = stage
+                    progress.reset(bar, total=1.0)
+                progress.update(bar, description=message, completed=fraction if fraction is not None else 0.0)
 
-        summary = run_demo(args.out, demo, say)
+            summary = run_demo(args.out, demo, say)
+    else:
+        plain = PlainProgress(console.file)
+        summary = run_demo(args.out, demo, plain)
+        plain.close()
     table = Table(title=f"SQLWorld, {summary['held_out_tasks']} held-out questions ({summary['wall_time_s']:.0f} s)")
     for column in ("metric", "after SFT", "after FineStep RL"):
         table.add_column(column, justify="left" if column == "metric" else "right")
@@ -303,7 +352,8 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
 
         run_bench(args.config, args.out, estimators, args.seeds, common, finished, stepped)
     console.print((args.out / "results.md").read_text(encoding="utf-8"), markup=False, highlight=False)
-    console.print(f"wrote {args.out / 'results.json'}, {args.out / 'learning_curves.png'}")
+    console.print(f"wrote {args.out / 'results.json'}, {args.out / 'learning_curves.png'}, "
+                  f"{args.out / 'diagnostics.png'}")
     return 0
 
 

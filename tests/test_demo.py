@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 
 from finestep.bench.compare import estimator_overrides, run_bench
-from finestep.cli import main
+from finestep.bench.report import DIAGNOSTIC_KEYS, plot_diagnostics
+from finestep.cli import PlainProgress, main
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sqlworld-tiny.yaml"
 RATES = ("redundant_rate", "error_rate", "format_failure_rate")
@@ -55,6 +57,13 @@ def test_bench_compares_estimators_from_one_start(demo: Path, tmp_path: Path) ->
         assert 0.0 <= entry["ex_mean"] <= 100.0 and entry["ex_std"] >= 0.0
     assert json.loads((tmp_path / "results.json").read_text()) == results
     assert (tmp_path / "learning_curves.png").stat().st_size > 10_000
+    assert (tmp_path / "diagnostics.png").stat().st_size > 10_000
+    for text in (tmp_path / "runs" / "grpo-seed0" / "metrics.jsonl").read_text().splitlines():
+        line = json.loads(text)  # every train line has the diagnostics (entropy and the log-prob gap need tokens)
+        if line["kind"] == "train":
+            needed = {key for key, _ in DIAGNOSTIC_KEYS} - ({"entropy", "rollout_logprob_gap"} if
+                                                           line["n_tokens"] == 0 else set())  # fmt: skip
+            assert needed <= set(line)
     assert "| grpo |" in (tmp_path / "results.md").read_text()
 
 
@@ -65,3 +74,74 @@ def test_estimator_names() -> None:
     ]  # fmt: skip
     with pytest.raises(ValueError, match="unknown ablation"):
         estimator_overrides("finestep-no_everything")
+
+
+def test_diagnostics_plot_has_a_panel_per_diagnostic(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    step = {key: 0.5 for key, _ in DIAGNOSTIC_KEYS}
+    curves = {
+        "grpo": [[{**step, "approx_kl": 0.01 * i} for i in range(6)], [dict(step) for _ in range(7)]],
+        "finestep": [[{**step, "rollout_logprob_gap": None} for _ in range(6)]],  # a missing value: a gap
+        "empty": [],
+    }
+    path = plot_diagnostics(curves, tmp_path / "diagnostics.png")
+    image = matplotlib.image.imread(path)
+    assert image.shape[1] > image.shape[0] > 400  # 2 rows of 4 panels
+    assert len(DIAGNOSTIC_KEYS) == 8
+
+
+class _FakeLog(io.StringIO):
+    """A piped stdout: not a terminal; counts flushes."""
+
+    flushes = 0
+
+    def isatty(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_plain_progress_prints_stages_and_every_tenth_flushed() -> None:
+    log, now = _FakeLog(), [0.0]
+    say = PlainProgress(log, clock=lambda: now[0])
+    say("building the world", None)
+    now[0] = 2.0
+    for step in range(1, 101):
+        say(f"SFT warm start (loss {1 / step:.3f})", step / 100)
+        now[0] += 0.5
+    for step in range(1, 26):
+        say(f"FineStep RL step {step}/25: reward +0.10", step / 25)
+        now[0] += 4.0
+    say.close()
+    lines = log.getvalue().splitlines()
+    assert lines[:3] == ["[    0 s] building the world", "[    2 s] done building the world (2 s)",
+                         "[    2 s] SFT warm start (loss 1.000) [1%]"]  # fmt: skip
+    sft = [line for line in lines if line.startswith("[") and "SFT warm start (loss" in line]
+    assert [line.rsplit("[", 1)[1] for line in sft] == ["1%]"] + [f"{10 * k}%]" for k in range(1, 11)]
+    rl = [line for line in lines if "FineStep RL step" in line]
+    assert [line.split("step ")[1].split("/")[0] for line in rl] == ["1", "3", "5", "8", "10", "13", "15", "18",
+                                                                    "20", "23", "25"]  # fmt: skip
+    assert lines[-1] == "[  152 s] done FineStep RL (100 s)"
+    assert "[   52 s] done SFT warm start (50 s)" in lines
+    assert log.flushes == len(lines)
+
+
+def test_piped_demo_prints_progress_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    import finestep.bench.demo as demo_module
+
+    def fake_run_demo(out: Path, demo: object, say) -> dict:
+        say("building the world", None)
+        for step in range(1, 6):
+            say(f"FineStep RL step {step}/5: reward +0.00", step / 5)
+        return {"held_out_tasks": 1, "wall_time_s": 1.0, "before": {"ex": 0.0}, "after": {"ex": 1.0}}
+
+    monkeypatch.setattr(demo_module, "run_demo", fake_run_demo)
+    log = _FakeLog()
+    monkeypatch.setattr("sys.stdout", log)
+    assert main(["demo", "--quick", "--out", "unused"]) == 0
+    text = log.getvalue()
+    assert "] building the world" in text and "FineStep RL step 5/5" in text and "done FineStep RL" in text
+    assert "EX % (held out)" in text  # the summary table still comes last

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,15 @@ def test_kv_reuse_equals_reencoding_and_single_sequence_reference(tiny) -> None:
         assert max(abs(x - y) for x, y in zip(logps, gens[2].logprobs)) < 1e-4
         context += tokens
     assert context == ctx_a[2]
+
+
+def test_generation_raises_no_library_warning(tiny) -> None:
+    # e.g. transformers 5's FutureWarning for the renamed ``past_key_values`` keyword, once per forward call
+    model, tokenizer = tiny
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        three_turns(HFGenerator(model, tokenizer, reuse_cache=True), tokenizer)
+    assert [str(w.message) for w in caught] == []
 
 
 def test_sequence_can_come_back_after_leaving(tiny) -> None:

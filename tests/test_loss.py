@@ -89,7 +89,7 @@ def test_hand_computed_loss_and_metrics() -> None:
         logprobs.grad, torch.tensor([[0.0, 0.0, -1.1 * 0.5 / 3, 0.0]], dtype=torch.float64)
     )
     assert metrics["pg_loss"] == pytest.approx(-0.23 / 3)
-    assert metrics["clip_frac"] == pytest.approx(2 / 3)
+    assert metrics["clip_fraction"] == pytest.approx(2 / 3)
     assert metrics["n_tokens"] == 3.0
     # approx_kl = mean of (rho - 1) - log(rho) over the 3 tokens
     expected_kl = sum((r - 1) - math.log(r) for r in (1.5, 0.5, 1.1)) / 3
@@ -116,7 +116,7 @@ def test_clipping_zeroes_the_gradient_outside_the_range(rho: float, advantage: f
         logprobs, torch.zeros(1, 1, dtype=torch.float64), torch.tensor([[advantage]]), torch.ones(1, 1)
     )
     loss.backward()
-    assert metrics["clip_frac"] == (1.0 if clipped else 0.0)
+    assert metrics["clip_fraction"] == (1.0 if clipped else 0.0)
     if clipped:
         assert logprobs.grad.item() == 0.0
         assert loss.item() == pytest.approx(
@@ -196,7 +196,7 @@ def test_all_masked_batch_gives_zero_loss_with_a_graph() -> None:
     assert loss.item() == 0.0 and loss.grad_fn is not None
     loss.backward()
     assert torch.equal(logprobs.grad, torch.zeros(2, 3, dtype=torch.float64))
-    assert metrics["n_tokens"] == 0.0 and metrics["clip_frac"] == 0.0 and metrics["approx_kl"] == 0.0
+    assert metrics["n_tokens"] == 0.0 and metrics["clip_fraction"] == 0.0 and metrics["approx_kl"] == 0.0
     assert metrics["kl_ref"] == 0.0 and metrics["pg_loss"] == 0.0
     empty = torch.zeros(0, 4, requires_grad=True)
     loss, _ = ppo_clip_loss(empty, empty.detach(), empty.detach(), empty.detach())
@@ -239,7 +239,7 @@ def test_k3_kl_is_nonnegative_and_zero_at_equality(values: list[tuple[float, flo
     mask = torch.ones_like(lp, dtype=torch.bool)
     loss, metrics = ppo_clip_loss(lp, lp, adv, mask, ref_logprobs=ref, kl_coef=0.25)
     assert metrics["kl_ref"] >= 0.0
-    assert metrics["approx_kl"] == 0.0 and metrics["clip_frac"] == 0.0  # old == new
+    assert metrics["approx_kl"] == 0.0 and metrics["clip_fraction"] == 0.0  # old == new
     assert loss.item() == pytest.approx(metrics["pg_loss"] + 0.25 * metrics["kl_ref"], abs=1e-9)
     expected = sum(math.exp(r - p) - (r - p) - 1 for p, r, _ in values) / len(values)
     assert metrics["kl_ref"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
@@ -294,7 +294,7 @@ def test_one_sgd_step_moves_log_probs_with_the_sign_of_the_advantage() -> None:
     mask = torch.tensor([[True, True, True, True, False], [False, False, False, False, False]])
     before = token_log_probs(model(inputs), labels)
     loss, metrics = ppo_clip_loss(before, before.detach(), adv, mask)
-    assert metrics["clip_frac"] == 0.0 and metrics["approx_kl"] == 0.0
+    assert metrics["clip_fraction"] == 0.0 and metrics["approx_kl"] == 0.0
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     opt.zero_grad()
     loss.backward()

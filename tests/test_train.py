@@ -12,10 +12,12 @@ import torch
 
 from finestep.cli import main
 from finestep.config import ConfigError
+from finestep.credit import CreditConfig, StepAdvantages, StepBatch, compute_advantages
 from finestep.models import build_tiny_model, load_model
 from finestep.train.batch import TokenBatch
 from finestep.train.config import OptimConfig, load_train_config
-from finestep.train.update import policy_update, sequence_log_probs
+from finestep.train.rl import credit_diagnostics
+from finestep.train.update import policy_update, rollout_logprob_gap, sequence_log_probs
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "spider-tiny.yaml"
 
@@ -59,6 +61,91 @@ def test_masked_tokens_get_no_gradient(tiny: Path) -> None:
     loss, _ = ppo_clip_loss(logprobs, logprobs.detach(), torch.ones(1, 10), mask)
     loss.backward()
     assert torch.all(logprobs.grad[0, :6] == 0) and torch.all(logprobs.grad[0, 6:] != 0)
+
+
+DIAGNOSTICS = ("approx_kl", "clip_fraction", "entropy", "n_tokens", "rollout_logprob_gap", "rollout_logprob_diff")
+
+
+def test_update_reports_its_diagnostics(tiny: Path) -> None:
+    torch.manual_seed(0)
+    model = load_model(tiny)
+    ids = torch.randint(5, 200, (2, 12))
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[:, 4:] = True
+    mask[1, 10:] = False  # 8 + 6 = 14 trained tokens
+    advantages = torch.where(mask, torch.tensor([[1.0], [-1.0]]), torch.zeros(()))
+    with torch.no_grad():
+        current, _ = sequence_log_probs(model, ids, torch.ones_like(ids))
+    # the generator's log-probs: 0.1 above the trainer's on row 0, 0.3 below on row 1, garbage off the mask
+    rollout = current + torch.tensor([[0.1], [-0.3]])
+    rollout[~mask] = 7.0
+    batch = TokenBatch(ids, torch.ones_like(ids), advantages, mask, rollout)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    optim = OptimConfig(minibatch_size=1, epochs=2, grad_clip=100.0)
+    out = policy_update(model, optimizer, None, batch, optim, np.random.default_rng(0), torch.device("cpu"))
+    assert set(DIAGNOSTICS) <= set(out)
+    assert out["n_tokens"] == 14.0 and out["optimizer_steps"] == 4.0
+    assert out["rollout_logprob_gap"] == pytest.approx((8 * 0.1 + 6 * 0.3) / 14, abs=1e-5)
+    assert out["rollout_logprob_diff"] == pytest.approx((8 * 0.1 - 6 * 0.3) / 14, abs=1e-5)
+    # the first minibatch sees the old policy (KL 0); later ones a moved policy
+    assert out["approx_kl"] > 0.0 and 0.0 <= out["clip_fraction"] <= 1.0 and out["entropy"] > 0.0
+    assert all(type(v) is float for v in out.values())
+
+
+def test_rollout_logprob_gap_by_hand() -> None:
+    old = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -0.5]])
+    rollout = torch.tensor([[-1.5, -1.0, 9.0], [-0.5, -0.25, float("nan")]])
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    # differences on the mask: -0.5, +1.0, 0.0, +0.25
+    assert rollout_logprob_gap(rollout, old, mask) == pytest.approx(
+        {"rollout_logprob_gap": 1.75 / 4, "rollout_logprob_diff": 0.75 / 4}
+    )
+    nothing = torch.zeros_like(mask)
+    assert rollout_logprob_gap(rollout, old, nothing) == {"rollout_logprob_gap": 0.0, "rollout_logprob_diff": 0.0}
+
+
+def _diagnostics_batch() -> StepBatch:
+    # task a: outcomes 1, 0 (varies); task b: 1, 1; task c: 0, 0, 0 (a zero-step trajectory included)
+    return StepBatch.from_lists(
+        groups=["a", "a", "b", "b", "c", "c", "c"],
+        outcomes=[1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0],
+        process_rewards=[[0.5, 0.0], [-0.5, 0.0], [0.0], [0.2, 0.0], [0.0], [-0.1, 0.0], []],
+        is_solution=[[False, True], [False, True], [True], [False, True], [True], [False, True], []],
+    )
+
+
+def test_credit_diagnostics_by_hand() -> None:
+    batch = _diagnostics_batch()
+    # steps: 2 + 2 + 1 + 2 + 1 + 2 = 10
+    split = StepAdvantages(
+        advantages=np.zeros(10),
+        outcome_advantage=np.array([1.0, 1.0, -1.0, -1.0, 0, 0, 0, 0, 0, 0]),
+        process_advantage=np.array([0.5, 0.0, -0.5, 0.0, 0, 2.0, 0, 0, 0, 0]),
+    )
+    out = credit_diagnostics(batch, split)
+    assert out == pytest.approx(
+        {"groups_with_outcome_variance": 1 / 3, "adv_outcome_abs_mean": 0.4, "adv_process_abs_mean": 0.3}
+    )
+    whole = StepAdvantages(advantages=np.array([2.0, -2.0, 1.0, 0, 0, 0, 0, 0, 0, 1.0]))  # e.g. grpo
+    assert credit_diagnostics(batch, whole) == pytest.approx(
+        {"groups_with_outcome_variance": 1 / 3, "adv_outcome_abs_mean": 0.6, "adv_process_abs_mean": 0.0}
+    )
+
+
+@pytest.mark.parametrize("estimator", ["finestep", "grpo"])
+def test_credit_diagnostics_of_real_estimators(estimator: str) -> None:
+    batch = _diagnostics_batch()
+    advantages = compute_advantages(batch, CreditConfig(estimator=estimator))
+    out = credit_diagnostics(batch, advantages)
+    assert out["groups_with_outcome_variance"] == pytest.approx(1 / 3)
+    if estimator == "finestep":
+        assert out["adv_outcome_abs_mean"] == pytest.approx(np.abs(advantages.outcome_advantage).mean())
+        assert out["adv_process_abs_mean"] == pytest.approx(np.abs(advantages.process_advantage).mean())
+        assert out["adv_process_abs_mean"] > 0
+    else:
+        assert out["adv_outcome_abs_mean"] == pytest.approx(np.abs(advantages.advantages).mean())
+        assert out["adv_outcome_abs_mean"] > 0
+        assert out["adv_process_abs_mean"] == 0.0
 
 
 def test_malformed_config_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

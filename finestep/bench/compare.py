@@ -10,7 +10,7 @@ from typing import Any
 
 from finestep.atomic import atomic_write_json, atomic_write_text
 from finestep.bench.pipeline import run_rl
-from finestep.bench.report import markdown_table, plot_curves
+from finestep.bench.report import markdown_table, plot_curves, plot_diagnostics
 from finestep.credit import ABLATIONS
 from finestep.train.config import TrainConfig, load_train_config
 
@@ -52,7 +52,8 @@ def run_bench(
     on_step: Callable[[str, int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Run every estimator with ``seeds`` seeds from the same start and budget; write results.json, a markdown
-    table and the learning curves under ``out``. ``common`` overrides apply to every run (model, data, budget)."""
+    table, the learning curves and the training diagnostics (``diagnostics.png``) under ``out``. ``common``
+    overrides apply to every run (model, data, budget)."""
     results: dict[str, Any] = {"estimators": {}, "base_config": str(base_config), "common_overrides": common}
     curves: dict[str, list[list[dict[str, Any]]]] = {}
     for name in estimators:
@@ -73,6 +74,7 @@ def run_bench(
         results["estimators"][name] = summarize(runs)
         atomic_write_json(out / "results.json", results)  # after every estimator: a partial bench is kept
     plot_curves(curves, out / "learning_curves.png")
+    plot_diagnostics(curves, out / "diagnostics.png")
     rows = [{"estimator": n, **s} for n, s in results["estimators"].items()]
     columns = [("estimator", "estimator"), ("ex_mean", "EX mean"), ("ex_std", "EX std"),
                ("tool_calls_mean", "tool calls"), ("redundant_rate_mean", "redundant rate"),

@@ -1,4 +1,5 @@
-"""Reports: learning-curve plots, a markdown summary and an HTML viewer of credited trajectories."""
+"""Reports: learning-curve and training-diagnostics plots, a markdown summary and an HTML viewer of credited
+trajectories."""
 
 from __future__ import annotations
 
@@ -14,40 +15,81 @@ from finestep.agent.trajectory import Trajectory
 from finestep.atomic import atomic_write_bytes, atomic_write_text
 from finestep.eval.episodes import EpisodeScore
 
-__all__ = ["markdown_table", "plot_curves", "trajectories_html"]
+__all__ = ["DIAGNOSTIC_KEYS", "markdown_table", "plot_curves", "plot_diagnostics", "trajectories_html"]
 
 CURVE_KEYS = (("ex", "EX % (training samples)"), ("tool_calls", "tool calls per episode"),
               ("redundant_rate", "redundant-call rate"))  # fmt: skip
+
+# Why a run learns or not (metrics.jsonl keys of RLTrainer.train_step; docs/sqlworld.md explains them).
+DIAGNOSTIC_KEYS = (
+    ("groups_with_outcome_variance", "groups with outcome variance"),
+    ("n_tokens", "tokens trained"),
+    ("adv_outcome_abs_mean", "mean |A^O| (outcome advantage)"),
+    ("adv_process_abs_mean", "mean |A^P| (process advantage)"),
+    ("approx_kl", "approx KL(old || new)"),
+    ("clip_fraction", "clip fraction"),
+    ("entropy", "entropy (nats)"),
+    ("rollout_logprob_gap", "|rollout - trainer| log-prob"),
+)
 
 
 def plot_curves(curves: dict[str, Sequence[Sequence[dict[str, Any]]]], path: Path, smooth: int = 5) -> Path:
     """Plot EX, tool calls and redundant rate over RL steps: one line per name (mean over its runs, with the
     spread across runs shaded), smoothed by a moving average of ``smooth`` steps. Written atomically as PNG."""
+    return _plot(curves, CURVE_KEYS, path, smooth, columns=len(CURVE_KEYS))
+
+
+def plot_diagnostics(curves: dict[str, Sequence[Sequence[dict[str, Any]]]], path: Path, smooth: int = 1) -> Path:
+    """Plot the training diagnostics of ``DIAGNOSTIC_KEYS`` over RL steps, one panel each, one line per name
+    (as ``plot_curves``; unsmoothed by default). Steps without a value leave a gap. Written atomically as PNG."""
+    return _plot(curves, DIAGNOSTIC_KEYS, path, smooth, columns=4)
+
+
+def _value(step: dict[str, Any], key: str) -> float:
+    value = step.get(key)
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def _plot(
+    curves: dict[str, Sequence[Sequence[dict[str, Any]]]],
+    keys: Sequence[tuple[str, str]],
+    path: Path,
+    smooth: int,
+    columns: int,
+) -> Path:
     import io
+    import warnings
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(CURVE_KEYS), figsize=(4.2 * len(CURVE_KEYS), 3.2))
-    for ax, (key, label) in zip(axes, CURVE_KEYS):
-        for name, runs in curves.items():
+    rows = -(-len(keys) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, keys):
+        for colour, (name, runs) in enumerate(curves.items()):
             length = min(len(run) for run in runs) if runs else 0
             if length == 0:
                 continue
-            values = np.array([[float(step.get(key) or 0.0) for step in run[:length]] for run in runs])
-            kernel = np.ones(min(smooth, length)) / min(smooth, length)
+            values = np.array([[_value(step, key) for step in run[:length]] for run in runs])
+            kernel = np.ones(min(max(smooth, 1), length)) / min(max(smooth, 1), length)
             smoothed = np.array([np.convolve(v, kernel, mode="valid") for v in values])
             steps = np.arange(smoothed.shape[1]) + kernel.size
-            mean = smoothed.mean(axis=0)
-            ax.plot(steps, mean, label=name)
+            with warnings.catch_warnings():  # a step where every run lacks the value: NaN, drawn as a gap
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(smoothed, axis=0)
+                low, high = np.nanmin(smoothed, axis=0), np.nanmax(smoothed, axis=0)
+            ax.plot(steps, mean, label=name, color=f"C{colour}")
             if smoothed.shape[0] > 1:
-                ax.fill_between(steps, smoothed.min(axis=0), smoothed.max(axis=0), alpha=0.15)
+                ax.fill_between(steps, low, high, alpha=0.15, color=f"C{colour}")
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    if curves:
+        axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

@@ -9,12 +9,19 @@ means a padded query always has earlier real tokens to attend to (no fully maske
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 __all__ = ["RaggedKVBatch"]
+
+# The KV cache's keyword argument and output field: transformers 5.x renamed ``past_key_values`` to ``cache``
+# (the old name still works there, with a FutureWarning on every forward call); older versions know only
+# ``past_key_values``.
+_CACHE = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
 class RaggedKVBatch:
@@ -22,7 +29,7 @@ class RaggedKVBatch:
 
     Attributes:
         ids: the caller's sequence index of each row.
-        cache: the model's ``past_key_values`` (None before the first feed).
+        cache: the model's KV cache, a transformers ``Cache`` (None before the first feed).
         mask: (R, L) int64, 1 where a cache slot holds a real token.
         positions: (R,) int64 real tokens per row, i.e. the rotary position of the row's next token.
     """
@@ -50,8 +57,8 @@ class RaggedKVBatch:
         full_mask = torch.cat([self.mask, mask], dim=1)
         keep = torch.unique(last)  # sorted; the vocabulary projection only where some row needs it
         out = self.model(input_ids=ids, attention_mask=full_mask, position_ids=positions,
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=keep)
-        self.cache, self.mask = out.past_key_values, full_mask
+                         use_cache=True, logits_to_keep=keep, **{_CACHE: self.cache})
+        self.cache, self.mask = getattr(out, _CACHE), full_mask
         column = torch.searchsorted(keep, last)
         return out.logits[torch.arange(ids.shape[0], device=ids.device), column]
 

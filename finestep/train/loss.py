@@ -128,8 +128,9 @@ def ppo_clip_loss(
 
     Returns:
         ``(loss, metrics)``: ``loss`` a scalar tensor (exactly 0, with a grad_fn, when no token is unmasked);
-        ``metrics`` python floats: ``pg_loss``; ``clip_frac``, the share of tokens whose clipped term binds
-        (zero gradient); ``approx_kl``, the k3 estimate of KL(pi_old || pi_theta): mean of
+        ``metrics`` python floats: ``pg_loss``; ``clip_fraction``, the share of unmasked tokens whose ratio
+        was clipped, i.e. the clipped term binds (``rho > 1 + eps_high`` with ``A > 0`` or ``rho < 1 - eps_low``
+        with ``A < 0``: zero gradient); ``approx_kl``, the k3 estimate of KL(pi_old || pi_theta): mean of
         ``(rho - 1) - log(rho)``; ``ratio_mean``; ``kl_ref`` (with ``ref_logprobs``); ``n_tokens``.
     """
     shape = logprobs.shape
@@ -164,7 +165,7 @@ def ppo_clip_loss(
     with torch.no_grad():
         metrics.update(
             pg_loss=float(pg_loss),
-            clip_frac=float(masked_mean((clipped > unclipped).to(pg.dtype), keep)),
+            clip_fraction=float(masked_mean((clipped > unclipped).to(pg.dtype), keep)),
             approx_kl=float(masked_mean((ratio - 1.0) - log_ratio, keep)),
             ratio_mean=float(masked_mean(ratio, keep)) if bool(keep.any()) else 1.0,
             n_tokens=float(keep.sum()),

@@ -21,6 +21,7 @@ from finestep.agent.protocol import get_protocol
 from finestep.agent.rollout import RolloutConfig, RolloutTimes, cached_schema, rollout
 from finestep.atomic import atomic_write_text
 from finestep.config import to_dict
+from finestep.credit import StepAdvantages, StepBatch
 from finestep.data.task import Task
 from finestep.eval.episodes import episode_metrics, score_episodes
 from finestep.models import build_tiny_model, load_model, load_tokenizer
@@ -38,7 +39,7 @@ from finestep.train.data import TaskSampler, load_task_split
 from finestep.train.logging import MetricsLog
 from finestep.train.update import policy_update
 
-__all__ = ["RLTrainer", "model_corpus"]
+__all__ = ["RLTrainer", "credit_diagnostics", "model_corpus"]
 
 
 def model_corpus(tasks: list[Task], sample_values: int) -> list[str]:
@@ -46,6 +47,32 @@ def model_corpus(tasks: list[Task], sample_values: int) -> list[str]:
     texts = [f"{t.question}\n{t.evidence}\n{t.gold_sql}" for t in tasks]
     texts += [cached_schema(str(p), sample_values, 20_000) for p in sorted({t.db_path for t in tasks})]
     return texts
+
+
+def credit_diagnostics(batch: StepBatch, advantages: StepAdvantages) -> dict[str, float]:
+    """Why a step can (not) learn: outcome variance within groups and the size of each advantage stream.
+
+    Returns (floats; 0 for an empty batch):
+        groups_with_outcome_variance: share of the K task groups whose trajectories' outcome rewards are not all
+            equal (a group of equal outcomes gives group-normalized outcome advantages of exactly 0).
+        adv_outcome_abs_mean: mean over the S steps of ``|A^O|`` (``StepAdvantages.outcome_advantage``); for
+            estimators that do not split their advantage, mean ``|A|``.
+        adv_process_abs_mean: mean over the S steps of ``|A^P|`` (``process_advantage``, unweighted by lambda;
+            0 on steps without a process term); 0 for estimators without one.
+    """
+    out = {"groups_with_outcome_variance": 0.0, "adv_outcome_abs_mean": 0.0, "adv_process_abs_mean": 0.0}
+    if batch.n_groups:
+        low = np.full(batch.n_groups, np.inf)
+        high = np.full(batch.n_groups, -np.inf)
+        np.minimum.at(low, batch.group_index, batch.outcome)
+        np.maximum.at(high, batch.group_index, batch.outcome)
+        out["groups_with_outcome_variance"] = float(np.mean(high > low))
+    if batch.n_steps:
+        outcome = advantages.advantages if advantages.outcome_advantage is None else advantages.outcome_advantage
+        out["adv_outcome_abs_mean"] = float(np.abs(outcome).mean())
+        if advantages.process_advantage is not None:
+            out["adv_process_abs_mean"] = float(np.abs(advantages.process_advantage).mean())
+    return out
 
 
 def _device(name: str) -> torch.device:
@@ -206,6 +233,7 @@ class RLTrainer:
             **update,
             "lr": self.scheduler.get_last_lr()[0],
             "advantage_abs_mean": float(np.abs(advantages.advantages).mean()) if advantages.advantages.size else 0.0,
+            **credit_diagnostics(step_batch, advantages),
             "tokens_per_s": generated / max(times.generate, 1e-9),
             "time_generate": times.generate,
             "time_execute": times.execute,

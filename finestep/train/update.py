@@ -13,7 +13,7 @@ from finestep.train.batch import TokenBatch
 from finestep.train.config import OptimConfig
 from finestep.train.loss import entropy_from_logits, ppo_clip_loss, token_log_probs
 
-__all__ = ["policy_update", "sequence_log_probs"]
+__all__ = ["policy_update", "rollout_logprob_gap", "sequence_log_probs"]
 
 
 def sequence_log_probs(
@@ -29,6 +29,27 @@ def sequence_log_probs(
         with torch.no_grad():
             entropy = torch.cat([zeros, entropy_from_logits(logits[:, :-1].float())], dim=1)
     return torch.cat([zeros, logprobs], dim=1), entropy
+
+
+def rollout_logprob_gap(rollout: torch.Tensor, old: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How far the generator's log-probabilities are from the trainer's, on the trained tokens.
+
+    Args:
+        rollout: (B, T) log-probs recorded by the generator while sampling.
+        old: (B, T) log-probs of the same tokens under the trainer's forward pass before the update.
+        mask: (B, T) bool loss mask (or float weights: nonzero = trained).
+
+    Returns:
+        ``rollout_logprob_gap``, mean ``|rollout - old|``, and ``rollout_logprob_diff``, mean ``rollout - old``,
+        over the masked-in tokens (0 without any). Near 0 for the HF generator (same weights, same numerics up
+        to the KV cache); a large gap (e.g. vLLM in another precision, or stale weights) makes the "old" policy
+        of PPO differ from the one that sampled the data.
+    """
+    keep = mask.to(old.device) != 0
+    diff = (rollout.to(old.device, old.dtype) - old)[keep]
+    if diff.numel() == 0:
+        return {"rollout_logprob_gap": 0.0, "rollout_logprob_diff": 0.0}
+    return {"rollout_logprob_gap": float(diff.abs().mean()), "rollout_logprob_diff": float(diff.mean())}
 
 
 def _minibatches(n_rows: int, size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -61,11 +82,14 @@ def policy_update(
     """PPO-clip on the batch's token advantages: ``optim.epochs`` passes over shuffled minibatches of rows.
 
     The old log-probabilities are the current policy's, computed once before the first step (the rollout's own
-    may differ slightly, e.g. under vLLM). Rows without a trainable token are skipped. Returns mean metrics.
+    may differ slightly, e.g. under vLLM). Rows without a trainable token are skipped. Returns the loss metrics
+    (``ppo_clip_loss``'s, ``loss``, ``grad_norm``, ``entropy``) averaged over the minibatches, with
+    ``optimizer_steps``, ``n_tokens`` and ``rollout_logprob_gap`` / ``rollout_logprob_diff`` (see
+    ``rollout_logprob_gap``).
     """
     rows = torch.nonzero(batch.loss_mask.any(dim=1)).flatten()
     if rows.numel() == 0:
-        return {"loss": 0.0, "n_tokens": 0.0, "optimizer_steps": 0.0}
+        return {"loss": 0.0, "n_tokens": 0.0, "optimizer_steps": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0}
     batch = batch.select(rows)
     autocast = autocast or contextlib.nullcontext()
     was_training = model.training
@@ -105,6 +129,7 @@ def policy_update(
                 totals[key] = totals.get(key, 0.0) + float(value)
     model.train(was_training)
     out = {key: value / steps for key, value in totals.items()}
+    out.update(rollout_logprob_gap(batch.rollout_logprobs, old, batch.loss_mask))
     out["optimizer_steps"] = float(steps)
     out["n_tokens"] = float(batch.n_tokens)
     return out
