@@ -350,7 +350,9 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
         def stepped(name: str, seed: int, metrics: dict) -> None:
             progress.update(bar, description=f"{name} seed {seed} step {int(metrics['step'])}")
 
-        run_bench(args.config, args.out, estimators, args.seeds, common, finished, stepped)
+        secondary = None if args.secondary == "none" else args.secondary
+        run_bench(args.config, args.out, estimators, args.seeds, common, finished, stepped, jobs=args.jobs,
+                  secondary=secondary if args.model is None else None, world_seed=args.world_seed)  # fmt: skip
     console.print((args.out / "results.md").read_text(encoding="utf-8"), markup=False, highlight=False)
     console.print(f"wrote {args.out / 'results.json'}, {args.out / 'learning_curves.png'}, "
                   f"{args.out / 'diagnostics.png'}")
@@ -498,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every estimator (and FineStep ablations such as finestep-no_logical) from the same "
         "warm-started model with the same budget and seeds; writes results.json, results.md and learning_curves.png.",
         epilog="estimators: finestep, grpo, grpo_shaped, rloo, gigpo, ps_grpo and finestep-<ablation> with ablation "
-        "one of no_process, no_temporal, no_logical, no_group_norm, no_masking",
+        f"one of {', '.join(name for name in ABLATIONS if name != 'full')} (finestep-v1: FineStep version 1)",
     )  # fmt: skip
     bn.add_argument("--estimators", default="grpo,finestep", help="comma-separated names (default grpo,finestep)")
     bn.add_argument("--seeds", type=int, default=3, help="seeds per estimator (default 3)")
@@ -508,6 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--model", type=Path, help="start every run from this checkpoint instead of SQLWorld's warm "
                     "start (e.g. with --config configs/spider-tiny.yaml model.init=pretrained)")
     bn.add_argument("--world-seed", type=int, default=0, help="SQLWorld's generator seed (default 0)")
+    bn.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process with one thread "
+                    "(default 1; e.g. 2 on 2 cores)")
+    bn.add_argument("--secondary", default="none", choices=["none", "valid", "heldout", "test"],
+                    help="SQLWorld: a second split every final model and the warm start are also evaluated on "
+                    "(the first is data.eval_split; default none)")
     bn.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run (the budget)")
     bn.set_defaults(handler=_cmd_bench)
     return parser

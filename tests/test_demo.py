@@ -67,6 +67,25 @@ def test_bench_compares_estimators_from_one_start(demo: Path, tmp_path: Path) ->
     assert "| grpo |" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow
+def test_parallel_bench_evaluates_the_warm_start_and_a_second_split_and_resumes(demo: Path, tmp_path: Path) -> None:
+    common = [f"data.path={demo / 'world'}", f"model.path={demo / 'model-sft'}", "trainer.max_steps=1",
+              "trainer.tasks_per_step=2", "rollout.group_size=2", "data.max_eval_tasks=4"]  # fmt: skip
+    results = run_bench(CONFIG, tmp_path, ["grpo", "finestep"], 1, common, jobs=2, secondary="test", world_seed=0)
+    assert results["world_seed"] == 0 and results["n_eval"] == 4 and results["eval_split"] == "test"
+    assert 0.0 <= results["warm_start"]["ex"] <= 100.0
+    # the second split here is the first one again, so the warm start's two evaluations must agree exactly
+    assert results["warm_start"]["secondary"]["ex"] == results["warm_start"]["ex"]
+    for name in ("grpo", "finestep"):
+        entry = results["estimators"][name]
+        assert entry["secondary_ex_mean"] == entry["ex_mean"]  # greedy: the same tasks, the same answers
+        assert entry["per_seed"][0]["secondary"]["ex"] == entry["per_seed"][0]["ex"]
+    stamp = (tmp_path / "runs" / "grpo-seed0" / "run.json").stat().st_mtime_ns
+    again = run_bench(CONFIG, tmp_path, ["grpo", "finestep"], 1, common, secondary="test", world_seed=0)
+    assert (tmp_path / "runs" / "grpo-seed0" / "run.json").stat().st_mtime_ns == stamp  # reused, not rerun
+    assert again["estimators"] == results["estimators"]
+
+
 def test_estimator_names() -> None:
     assert estimator_overrides("grpo") == ["credit.estimator=grpo"]
     assert estimator_overrides("finestep-no_temporal") == [

@@ -210,3 +210,21 @@ def test_default_world_builds_quickly(tmp_path: Path) -> None:
     assert len(world.train) == 24 * 12 and len(world.test) == 8 * 12
     assert {world.databases[t.db_id]["domain"] for t in world.test} == {d.name for d in DOMAINS}
     assert elapsed < 10.0, elapsed
+
+
+def test_valid_and_heldout_are_new_questions_on_training_databases(world: World, tmp_path: Path) -> None:
+    extended = build_world(tmp_path / "world", seed=0, **SMALL, valid_per_db=1, heldout_per_db=2)
+    # the training and test questions do not depend on the extra counts
+    assert [(t.id, t.question, t.gold_sql) for t in extended.train] == [(t.id, t.question, t.gold_sql) for t in world.train]
+    assert [t.question for t in extended.test] == [t.question for t in world.test]
+    assert len(extended.valid) == 4 and len(extended.heldout) == 8
+    train_dbs = {t.db_id for t in extended.train}
+    seen = {(t.db_id, t.question) for t in extended.train}
+    for split in ("valid", "heldout"):
+        tasks = extended.split(split)
+        assert {t.db_id for t in tasks} <= train_dbs
+        assert not seen & {(t.db_id, t.question) for t in tasks}  # never a training question
+        assert len({t.difficulty for t in tasks}) >= 2  # the rotation spreads the tiers
+    assert world.valid == [] and world.heldout == []
+    with pytest.raises(ValueError, match="unknown split"):
+        world.split("dev")

@@ -27,11 +27,21 @@ from finestep.eval.episodes import score_episodes
 from finestep.models import load_model, load_tokenizer
 from finestep.sql.executor import SqlSandbox
 from finestep.train.batch import credit_rollout
-from finestep.train.config import TrainConfig
+from finestep.train.config import TinyModelConfig, TrainConfig
+from finestep.train.sft import SFTConfig
 
 __all__ = ["DemoConfig", "run_demo"]
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sqlworld-tiny.yaml"
+
+
+# The demo's world and model: smaller than the bench's, to fit in minutes on 2 cores.
+_DEMO_PIPELINE = PipelineConfig(
+    valid_per_db=0, heldout_per_db=0, expert_samples_per_task=1,
+    tiny=TinyModelConfig(vocab_size=1024, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                         intermediate_size=256, max_position_embeddings=2048),
+    sft=SFTConfig(epochs=8, lr=3e-3, batch_size=16),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -45,11 +55,11 @@ class DemoConfig:
 
     @classmethod
     def full(cls) -> DemoConfig:
-        return cls(PipelineConfig(), rl_steps=25, eval_tasks=96)
+        return cls(_DEMO_PIPELINE, rl_steps=25, eval_tasks=96)
 
     @classmethod
     def quick(cls) -> DemoConfig:
-        base = PipelineConfig()
+        base = _DEMO_PIPELINE
         pipeline = replace(base, n_train_dbs=24, n_test_dbs=4, questions_per_db=10,
                            sft=replace(base.sft, epochs=4))  # fmt: skip
         return cls(pipeline, rl_steps=8, eval_tasks=32, viewer_tasks=4)

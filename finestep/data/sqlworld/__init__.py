@@ -23,12 +23,13 @@ from finestep.data.sqlworld.expert import (
     write_jsonl,
 )
 from finestep.data.sqlworld.oracle import LABEL_VALUES, OracleLabel, label_values, oracle_labels
-from finestep.data.sqlworld.world import TIERS, TaskMeta, World, build_world, load_world
+from finestep.data.sqlworld.world import SPLITS, TIERS, TaskMeta, World, build_world, load_world
 
 __all__ = [
     "CATEGORIES",
     "DOMAINS",
     "LABEL_VALUES",
+    "SPLITS",
     "STYLES",
     "TIERS",
     "ExpertConfig",
