@@ -495,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--quick", action="store_true", help="a smaller world and budget: about 2 minutes")
     dm.set_defaults(handler=_cmd_demo)
 
+    from finestep.credit.config import ABLATIONS  # the finestep-<ablation> names
+
     bn = commands.add_parser(
         "bench", help="compare estimators from one warm start with one budget, over seeds",
         description="Run every estimator (and FineStep ablations such as finestep-no_logical) from the same "

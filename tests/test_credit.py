@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -23,11 +24,13 @@ from finestep.credit import (
     history_anchors,
     register_estimator,
 )
-from finestep.credit.ops import NORMALIZE_MODES
+from finestep.credit.config import OUTCOME_NORMS, PROCESS_SCALES
+from finestep.credit.ops import NORMALIZE_MODES, group_center, pooled_std
 from finestep.credit.reference import reference_advantages
 
 EPS = 1e-6
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+V1 = ABLATIONS["v1"]  # FineStep version 1: outcome_norm="steps", process_scale="group"
 
 
 def z(values: list[float], trajectories: int | None = None, eps: float = EPS) -> list[float]:
@@ -79,6 +82,7 @@ configs = st.builds(
     gamma_p=unit, gamma_o=unit, beta=unit, gigpo_gamma=unit,
     lam=st.floats(0.0, 2.0), omega=st.floats(0.0, 2.0),
     normalize=st.sampled_from(NORMALIZE_MODES),
+    outcome_norm=st.sampled_from(OUTCOME_NORMS), process_scale=st.sampled_from(PROCESS_SCALES),
     per_step_index_norm=st.booleans(), use_process=st.booleans(), process_internal_only=st.booleans(),
 )
 
@@ -172,10 +176,15 @@ def test_config_defaults_validation_and_ablations():
     c = CreditConfig()
     assert (c.gamma_p, c.gamma_o, c.beta, c.lam, c.eps, c.normalize) == (0.5, 0.9, 0.3, 0.5, 1e-6, "group")
     assert not c.per_step_index_norm and c.use_process and c.omega == 1.0
+    assert (c.outcome_norm, c.process_scale) == ("trajectory", "batch")  # version 2
     with pytest.raises(ValueError, match="gamma_p must lie in"):
         CreditConfig(gamma_p=1.5)
     with pytest.raises(ValueError, match="normalize must be one of"):
         CreditConfig(normalize="batch")
+    with pytest.raises(ValueError, match="outcome_norm must be one of"):
+        CreditConfig(outcome_norm="group")
+    with pytest.raises(ValueError, match="process_scale must be one of"):
+        CreditConfig(process_scale="steps")
     with pytest.raises(ValueError, match="unknown ablation"):
         CreditConfig.ablation("no_everything")
     with pytest.raises(ValueError, match="unknown CreditConfig fields"):
@@ -185,7 +194,13 @@ def test_config_defaults_validation_and_ablations():
     assert CreditConfig.ablation("no_logical").beta == 0.0
     assert CreditConfig.ablation("no_group_norm").normalize == "none"
     assert not CreditConfig.ablation("no_masking").process_internal_only
-    assert set(ABLATIONS) == {"full", "no_process", "no_temporal", "no_logical", "no_group_norm", "no_masking"}
+    v1 = CreditConfig.ablation("v1")
+    assert (v1.outcome_norm, v1.process_scale) == ("steps", "group")
+    assert set(ABLATIONS) == {"full", "no_process", "no_temporal", "no_logical", "no_group_norm", "no_masking", "v1"}
+    for name, switches in ABLATIONS.items():  # every ablation is a valid config, its help text documents the fields
+        CreditConfig.ablation(name)
+        assert all(f in {f.name for f in fields(CreditConfig)} for f in switches)
+    assert all(f.metadata.get("help") for f in fields(CreditConfig))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -214,13 +229,13 @@ def test_grpo_hand_computed_group_of_four():
     np.testing.assert_allclose(rloo, [1 - 0 / 3, 1 - 0 / 3, 0 - 1 / 3, -1 - 2 / 3], rtol=1e-12)
 
 
-def test_finestep_hand_computed_without_smoothing():
-    # Trajectory A: r = [0.1, -0.2, 0.0 (solution)], R = 1, T = 3.  Trajectory B: r = [-0.3, 0.0 (solution)], R = 0.
+def test_finestep_v1_hand_computed_without_smoothing():
+    # Version 1 (outcome_norm=steps, process_scale=group). Trajectory A: r = [0.1, -0.2, 0.0 (solution)], R = 1, T = 3.  Trajectory B: r = [-0.3, 0.0 (solution)], R = 0.
     b = StepBatch.from_lists(
         ["q", "q"], [1.0, 0.0], [[0.1, -0.2, 0.0], [-0.3, 0.0]], [[False, False, True], [False, True]],
         links=[[[], [0], []], [[], []]],  # ignored with beta = 0
     )
-    out = compute_advantages(b, CreditConfig(beta=0.0))
+    out = compute_advantages(b, CreditConfig(beta=0.0, **V1))
     # P (gamma_p = 0.5): A: [0.1 + 0.5 * -0.2 + 0.25 * 0, -0.2 + 0.5 * 0, 0] = [0, -0.2, 0];  B: [-0.3 + 0, 0]
     P = [0.1 + 0.5 * -0.2 + 0.25 * 0.0, -0.2 + 0.5 * 0.0, 0.0, -0.3 + 0.5 * 0.0, 0.0]
     np.testing.assert_allclose(out.process_return, P, atol=1e-15)
@@ -242,15 +257,15 @@ def test_finestep_hand_computed_without_smoothing():
     np.testing.assert_allclose(out.process_advantage, [zA0, zA1, 0.0, zB0, 0.0], rtol=1e-12)
 
 
-def test_finestep_hand_computed_with_links():
-    # A: r = [-0.2, 0.1, 0.1, 0 (solution)], R = 1; step 1 repairs step 0, step 2 uses steps 0 and 1.
+def test_finestep_v1_hand_computed_with_links():
+    # Version 1. A: r = [-0.2, 0.1, 0.1, 0 (solution)], R = 1; step 1 repairs step 0, step 2 uses steps 0 and 1.
     # B: r = [0.1, 0 (solution)], R = 0, no links.
     b = StepBatch.from_lists(
         ["q", "q"], [1.0, 0.0], [[-0.2, 0.1, 0.1, 0.0], [0.1, 0.0]],
         [[False, False, False, True], [False, True]],
         links=[[[], [0], [0, 1], []], [[], []]],
     )
-    out = compute_advantages(b, CreditConfig())  # beta = 0.3, gamma_p = 0.5, gamma_o = 0.9, lam = 0.5
+    out = compute_advantages(b, CreditConfig(**V1))  # beta = 0.3, gamma_p = 0.5, gamma_o = 0.9, lam = 0.5
     # P_A: P3 = 0; P2 = 0.1 + 0.5 * 0 = 0.1; P1 = 0.1 + 0.5 * 0.1 = 0.15; P0 = -0.2 + 0.5 * 0.15 = -0.125
     P_A = [-0.125, 0.15, 0.1, 0.0]
     # L(0) = {1, 2}, L(1) = {0, 2}, L(2) = {0, 1}, L(3) = {}:
@@ -272,6 +287,116 @@ def test_finestep_hand_computed_with_links():
     np.testing.assert_allclose(out.advantages, expected, rtol=1e-12)
     # The failed step 0 (r = -0.2) is pulled up by its repair: P~0 = -0.05 > P0 = -0.125.
     assert out.smoothed_process_return[0] > out.process_return[0]
+
+
+def _two_groups(extra: tuple = ()) -> StepBatch:
+    """Group q: A r = [0.1, -0.2, 0 (solution)], R = 1; B r = [-0.3, 0 (solution)], R = 0.
+    Group p (equal outcomes): C r = [0.2, 0 (solution)], R = 1; D r = [0.0, 0 (solution)], R = 1.
+    ``extra``: more (group, R, rewards, flags) trajectories."""
+    rows = [("q", 1.0, [0.1, -0.2, 0.0], [False, False, True]), ("q", 0.0, [-0.3, 0.0], [False, True]),
+            ("p", 1.0, [0.2, 0.0], [False, True]), ("p", 1.0, [0.0, 0.0], [False, True]), *extra]
+    return StepBatch.from_lists(*map(list, zip(*rows)))
+
+
+def test_finestep_v2_hand_computed_two_groups():
+    out = compute_advantages(_two_groups(), CreditConfig(beta=0.0))  # gamma_p 0.5, gamma_o 0.9, lam 0.5
+    # A^O: GRPO's a over q's trajectories, R = [1, 0]: mean 0.5, std sqrt(0.5 / 1): a = +-0.5 / (0.707107 + eps),
+    # discounted by gamma_o^(T - t): A [0.81, 0.9, 1] a_A, B [0.9, 1] a_B. Group p has equal R: A^O = 0.
+    a = 0.5 / (math.sqrt(0.5) + EPS)
+    A_O = [0.81 * a, 0.9 * a, a, 0.9 * -a, -a, 0.0, 0.0, 0.0, 0.0]
+    np.testing.assert_allclose(out.outcome_advantage, A_O, rtol=1e-12, atol=0)
+    # P: A [0.1 - 0.1, -0.2, 0], B [-0.3, 0], C [0.2, 0], D [0, 0]. Internal steps centred per group:
+    # q: [0, -0.2, -0.3] - (-0.5 / 3) = [1/6, -1/30, -2/15]; p: [0.2, 0] - 0.1 = [0.1, -0.1].
+    c = [1 / 6, -1 / 30, -2 / 15, 0.1, -0.1]
+    # batch std of c: 5 values from 4 trajectories, mean 0: sum c^2 = 1/15, divided by 5 * 3 / 4: std = 2/15
+    std = math.sqrt((1 / 15) / (5 * 3 / 4))
+    assert std == pytest.approx(2 / 15)
+    A_P = [x / (std + EPS) for x in c]  # ~ [1.25, -0.25, -1.0, 0.75, -0.75]
+    np.testing.assert_allclose(A_P, [1.25, -0.25, -1.0, 0.75, -0.75], rtol=1e-5)
+    np.testing.assert_allclose(out.process_advantage, [A_P[0], A_P[1], 0.0, A_P[2], 0.0, A_P[3], 0.0, A_P[4], 0.0],
+                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(out.advantages, np.array(A_O) + 0.5 * out.process_advantage, rtol=1e-12)
+    # outcome_return stays O = gamma_o^(T - t) R (an intermediate, not the advantage)
+    np.testing.assert_allclose(out.outcome_return, [0.81, 0.9, 1.0, 0.0, 0.0, 0.9, 1.0, 0.9, 1.0])
+
+
+def test_finestep_v2_outcome_is_grpo_discounted():
+    b = _two_groups((("q", -1.0, [0.1], [False]), ("r", 1.0, [], [])))  # a trajectory without solution; zero steps
+    grpo = compute_advantages(b, CreditConfig(estimator="grpo"))
+    out = compute_advantages(b, CreditConfig())
+    a = grpo.extras["trajectory_advantage"]
+    np.testing.assert_allclose(out.outcome_advantage, 0.9 ** b.remaining * a[b.traj], rtol=1e-15, atol=0)
+    # gamma_o = 1: finestep's A^O is grpo's advantage exactly, on every step
+    one = compute_advantages(b, CreditConfig(gamma_o=1.0))
+    np.testing.assert_array_equal(one.outcome_advantage, grpo.advantages)
+    # group p (trajectories 2, 3) has equal outcomes: A^O = 0 there
+    assert np.all(out.outcome_advantage[np.isin(b.traj, [2, 3])] == 0.0)
+
+
+def test_finestep_v2_batch_scale():
+    # Group p's process returns differ by a hair (1e-4): version 2 gives it a proportionally small A^P,
+    # version 1 (its own std) a unit-scale one.
+    hair = 1e-4
+    b = StepBatch.from_lists(["q", "q", "p", "p"], [1.0, 0.0, 1.0, 1.0],
+                             [[0.1, -0.2, 0.0], [-0.3, 0.0], [0.1, 0.0], [0.1 + hair, 0.0]],
+                             [[False, False, True], [False, True], [False, True], [False, True]])
+    p_steps = np.flatnonzero(np.isin(b.traj, [2, 3]) & ~b.is_solution)
+    v2 = compute_advantages(b, CreditConfig(beta=0.0))
+    v1 = compute_advantages(b, CreditConfig(beta=0.0, **V1))
+    c_p = [-hair / 2, hair / 2]
+    c = [1 / 6, -1 / 30, -2 / 15, *c_p]
+    std = math.sqrt(sum(x * x for x in c) / (5 * 3 / 4))
+    np.testing.assert_allclose(v2.process_advantage[p_steps], np.array(c_p) / (std + EPS), rtol=1e-6)
+    assert np.abs(v2.process_advantage[p_steps]).max() < 1e-3
+    np.testing.assert_allclose(v1.process_advantage[p_steps], z([0.1, 0.1 + hair]), rtol=1e-6)  # ~ +-0.697
+    assert np.abs(v1.process_advantage[p_steps]).min() > 0.6
+    # and group p's outcomes are equal: A^O = 0, so in v2 its advantages are tiny too
+    assert np.abs(v2.advantages[np.isin(b.traj, [2, 3])]).max() < 1e-3
+    # process_scale=none keeps the centred returns; group = version 1's scale with v2's outcome
+    none = compute_advantages(b, CreditConfig(beta=0.0, process_scale="none"))
+    np.testing.assert_allclose(none.process_advantage[p_steps], c_p, rtol=1e-6)
+    group = compute_advantages(b, CreditConfig(beta=0.0, process_scale="group"))
+    np.testing.assert_array_equal(group.process_advantage, v1.process_advantage)
+    np.testing.assert_array_equal(group.outcome_advantage, v2.outcome_advantage)
+
+
+def test_finestep_v2_dead_groups_take_no_part_in_the_batch_std():
+    # Group r: equal process returns (zero spread) -> A^P = 0 on its steps, and the other groups' A^P unchanged
+    # (its zeros do not deflate the batch std). Group s: one trajectory -> 0 too.
+    base = compute_advantages(_two_groups(), CreditConfig())
+    extra = (("r", 1.0, [0.1, 0.0], [False, True]), ("r", 0.0, [0.1, 0.0], [False, True]),
+             ("s", 1.0, [0.3, -0.2, 0.0], [False, False, True]))
+    more = compute_advantages(_two_groups(extra), CreditConfig())
+    n = base.advantages.size
+    np.testing.assert_allclose(more.process_advantage[:n], base.process_advantage, rtol=1e-12)
+    assert np.all(more.process_advantage[n:] == 0.0)
+    # a batch where every group is dead (or has no internal step) gets A^P = 0, never a division by ~0
+    dead = StepBatch.from_lists(["r", "r", "s"], [1.0, 0.0, 1.0], [[0.1, 0.0], [0.1, 0.0], [0.2]],
+                                [[False, True], [False, True], [False]])
+    assert np.all(compute_advantages(dead, CreditConfig()).process_advantage == 0.0)
+
+
+def test_finestep_v1_switches_reproduce_version_1_numbers():
+    # Advantages of the version 1 code (before version 2 became the default), to 12 decimals.
+    b = StepBatch.from_lists(
+        ["q", "q", "p", "p", "p"], [1.0, 0.0, 1.0, 1.0, -1.0],
+        [[0.1, -0.2, 0.0], [-0.3, 0.0], [0.1, 0.0], [0.1, -0.5, 0.0], [0.2]],
+        [[False, False, True], [False, True], [False, True], [False, False, True], [False]],
+        links=[[[], [0], [1]], [[], []], [[], [0]], [[], [], [0, 1]], [[]]],
+    )
+    golden = {
+        (): [0.802283800884, 0.661308651229, 0.725147309491, -1.330596002337, -0.858143759266, 0.568957850911,
+             0.452178040217, 0.120107978161, -0.263084044475, 0.452178040217, -1.330337865032],
+        (("per_step_index_norm", True),): [
+            1.060656853893, 0.707105670077, 0.0, -1.060656853893, -0.707105670077, 0.667823628508,
+            0.707096781328, 0.012166633797, -0.707096781328, 0.0, -0.679990262305],
+        (("process_internal_only", False), ("gamma_o", 1.0)): [
+            0.754124929239, 0.482162631729, 0.754124929239, -1.505135552936, -0.485276937272, 0.630656688792,
+            0.535902648481, 0.216107762432, -0.364260734473, 0.23387414499, -1.252280510221],
+    }  # fmt: skip
+    for switches, want in golden.items():
+        got = compute_advantages(b, CreditConfig.ablation("v1", **dict(switches))).advantages
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-11)
 
 
 def test_ps_grpo_and_gigpo_hand_computed():
@@ -321,17 +446,21 @@ def test_group_of_one_and_all_zero_rewards_give_zero(name):
 
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
 def test_identical_trajectories(name):
-    # Three identical correct trajectories. Trajectory-level comparisons give exactly 0. The step-level streams
-    # of finestep (O = [0.9, 1] differs between the steps) and ps_grpo (rewards [0.1, 0 + 1]) still vary
-    # across the steps of a trajectory, so they are not 0 -- but every trajectory gets the same advantages.
+    # Three identical correct trajectories. Trajectory-level comparisons give exactly 0, and so does FineStep
+    # version 2 (equal outcomes: A^O = 0; equal process returns: A^P = 0). The step-level streams of FineStep
+    # version 1 (O = [0.9, 1] differs between the steps) and ps_grpo (rewards [0.1, 0 + 1]) still vary across
+    # the steps of a trajectory, so they are not 0 -- but every trajectory gets the same advantages.
     batch = StepBatch.from_lists(["q"] * 3, [1.0] * 3, [[0.1, 0.0]] * 3, [[False, True]] * 3,
                                  anchors=history_anchors([["x", "y"]] * 3))
     adv = compute_advantages(batch, CreditConfig(estimator=name)).advantages.reshape(3, 2)
     assert np.all(adv == adv[0])
-    if name in ("grpo", "grpo_shaped", "rloo", "gigpo"):
+    if name in ("grpo", "grpo_shaped", "rloo", "gigpo", "finestep"):
         assert np.all(adv == 0.0)
     else:
         assert adv[0, 0] < 0 < adv[0, 1]
+    if name == "finestep":  # version 1 favours the late step of identical trajectories
+        v1 = compute_advantages(batch, CreditConfig(**V1)).advantages.reshape(3, 2)
+        assert np.all(v1 == v1[0]) and v1[0, 0] < 0 < v1[0, 1]
 
 
 def test_zero_step_trajectories():
@@ -340,9 +469,13 @@ def test_zero_step_trajectories():
     # Trajectory-level estimators: the zero-step trajectory's R is part of the group statistics.
     grpo = compute_advantages(b, CreditConfig(estimator="grpo")).advantages
     np.testing.assert_allclose(grpo, [z([1.0, -1.0])[0]] * 2)
-    # Step-level streams: only one trajectory of q has steps, so FineStep gives 0 (a group of one trajectory).
-    for name in ("finestep", "ps_grpo"):
-        assert np.all(compute_advantages(b, CreditConfig(estimator=name)).advantages == 0.0)
+    # Step-level streams: only one trajectory of q has steps, so they give 0 (a group of one trajectory): ps_grpo,
+    # FineStep version 1, FineStep's process term. FineStep version 2's A^O is GRPO's a_i, discounted.
+    for config in (CreditConfig(estimator="ps_grpo"), CreditConfig(**V1)):
+        assert np.all(compute_advantages(b, config).advantages == 0.0)
+    out = compute_advantages(b, CreditConfig())
+    np.testing.assert_allclose(out.advantages, [0.9 * grpo[0], grpo[1]], rtol=1e-15)
+    assert np.all(out.process_advantage == 0.0)
     empty = StepBatch.from_lists(["q", "q"], [1.0, 0.0], [[], []], [[], []])
     for name in ESTIMATORS:
         assert compute_advantages(empty, CreditConfig(estimator=name)).advantages.shape == (0,)
@@ -370,31 +503,78 @@ def test_vectorized_equals_loop_reference(batch, config, name):
     )
 
 
+@pytest.mark.parametrize("version", [{}, V1], ids=["v2", "v1"])
+@SETTINGS
+@given(batch=batches(), config=configs)
+def test_finestep_versions_equal_loop_reference(batch, config, version):
+    config = config.with_overrides(estimator="finestep", normalize="group", **version or {
+        "outcome_norm": "trajectory", "process_scale": "batch"})
+    np.testing.assert_allclose(
+        compute_advantages(batch, config).advantages, reference_advantages(batch, config), rtol=1e-6, atol=1e-6
+    )
+
+
 @SETTINGS
 @given(batch=batches(min_steps=1, same_length=True), normalize=st.sampled_from(["center", "none"]))
-def test_finestep_without_process_or_discount_equals_grpo_unscaled(batch, normalize):
+def test_finestep_v1_without_process_or_discount_equals_grpo_unscaled(batch, normalize):
     # lam = 0, gamma_o = 1: O_{i,t} = R_i on every step; with equal lengths the step mean is the trajectory mean.
-    fs = compute_advantages(batch, CreditConfig(lam=0.0, gamma_o=1.0, normalize=normalize)).advantages
+    fs = compute_advantages(batch, CreditConfig(lam=0.0, gamma_o=1.0, normalize=normalize, **V1)).advantages
     grpo = compute_advantages(batch, CreditConfig(estimator="grpo", normalize=normalize)).advantages
     np.testing.assert_allclose(fs, grpo, atol=1e-12)
 
 
 @SETTINGS
 @given(batch=batches(min_steps=1, max_steps=1, same_length=True))
-def test_finestep_without_process_or_discount_equals_grpo_one_step(batch):
-    fs = compute_advantages(batch, CreditConfig(lam=0.0, gamma_o=1.0)).advantages
+def test_finestep_v1_without_process_or_discount_equals_grpo_one_step(batch):
+    fs = compute_advantages(batch, CreditConfig(lam=0.0, gamma_o=1.0, **V1)).advantages
     grpo = compute_advantages(batch, CreditConfig(estimator="grpo")).advantages
     np.testing.assert_allclose(fs, grpo, rtol=1e-9, atol=1e-12)
 
 
 @SETTINGS
 @given(batch=batches(min_steps=1, same_length=True))
-def test_finestep_without_process_or_discount_is_grpo(batch):
+def test_finestep_v1_without_process_or_discount_is_grpo(batch):
     # Over G trajectories of T steps each, O = R_i repeated T times: mean(O) = mean(R) and the squared deviations
     # sum to T * sum_i (R_i - mean R)^2, divided by n (k - 1) / k = G T (G - 1) / G = T (G - 1): std(O) = std(R).
-    fs = compute_advantages(batch, CreditConfig(lam=0.0, gamma_o=1.0)).advantages
+    fs = compute_advantages(batch, CreditConfig(lam=0.0, gamma_o=1.0, **V1)).advantages
     grpo = compute_advantages(batch, CreditConfig(estimator="grpo")).advantages
     np.testing.assert_allclose(fs, grpo, rtol=1e-9, atol=1e-12)
+
+
+@SETTINGS
+@given(batch=batches(), normalize=st.sampled_from(NORMALIZE_MODES), process_scale=st.sampled_from(PROCESS_SCALES))
+def test_finestep_v2_outcome_is_grpo_exactly(batch, normalize, process_scale):
+    # Version 2 with gamma_o = 1: A^O is GRPO's advantage on every step, bit for bit, whatever the trajectory
+    # lengths (zero-step trajectories included); lam = 0 leaves A = A^O.
+    config = CreditConfig(gamma_o=1.0, normalize=normalize, process_scale=process_scale)
+    out = compute_advantages(batch, config)
+    grpo = compute_advantages(batch, CreditConfig(estimator="grpo", normalize=normalize)).advantages
+    np.testing.assert_array_equal(out.outcome_advantage, grpo)
+    np.testing.assert_array_equal(compute_advantages(batch, config.with_overrides(lam=0.0)).advantages, grpo)
+
+
+@SETTINGS
+@given(batch=batches(), config=configs, normalize=st.sampled_from(["group", "center"]))
+def test_finestep_v2_equal_outcomes_give_zero_outcome_advantage(batch, config, normalize):
+    out = compute_advantages(batch, config.with_overrides(outcome_norm="trajectory", normalize=normalize))
+    for g in range(batch.n_groups):
+        members = batch.group_index == g
+        if np.ptp(batch.outcome[members]) == 0.0:
+            assert np.all(out.outcome_advantage[members[batch.traj]] == 0.0)
+
+
+@SETTINGS
+@given(batch=batches(min_steps=1), config=configs)
+def test_finestep_v2_process_scale_is_one_number_for_the_batch(batch, config):
+    # process_scale = batch divides the centred returns (process_scale = none) of every group by one scalar.
+    config = config.with_overrides(normalize="group")
+    scaled = compute_advantages(batch, config.with_overrides(process_scale="batch")).process_advantage
+    centred = compute_advantages(batch, config.with_overrides(process_scale="none")).process_advantage
+    assert np.all(scaled[centred == 0.0] == 0.0)
+    ratio = scaled[centred != 0.0] / centred[centred != 0.0]
+    if ratio.size:
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-9)
+        assert ratio[0] > 0.0
 
 
 @SETTINGS
@@ -418,7 +598,8 @@ def test_grpo_invariant_to_constant_reward_shift(batch, shift, name):
     config=st.builds(
         CreditConfig, gamma_p=unit, gamma_o=unit, beta=st.floats(0.0, 0.9), lam=st.floats(0.05, 2.0),
         normalize=st.sampled_from(NORMALIZE_MODES), per_step_index_norm=st.booleans(),
-        process_internal_only=st.booleans(),
+        process_internal_only=st.booleans(), outcome_norm=st.sampled_from(OUTCOME_NORMS),
+        process_scale=st.sampled_from(PROCESS_SCALES),
     ),
 )
 def test_redundant_step_gets_lower_advantage(data, n_internal, others, config):
@@ -466,11 +647,30 @@ def test_process_internal_only_switch():
 def test_per_step_index_normalization():
     # Per (group, index): index 0 holds P of both first steps, index 1 both solution steps.
     b = StepBatch.from_lists(["q", "q"], [1.0, 0.0], [[0.2, 0.0], [-0.2, 0.0]], [[False, True], [False, True]])
-    out = compute_advantages(b, CreditConfig(per_step_index_norm=True))
-    # O at index 0: [0.9, 0], at index 1: [1, 0] -> each z([x, 0]) = +-1/(sqrt(x^2/2) + eps)
+    out = compute_advantages(b, CreditConfig(per_step_index_norm=True, **V1))
+    # v1: O at index 0: [0.9, 0], at index 1: [1, 0] -> each z([x, 0]) = +-1/(sqrt(x^2/2) + eps)
     np.testing.assert_allclose(out.outcome_advantage, [z([0.9, 0.0])[0], z([1.0, 0.0])[0],
                                                       z([0.9, 0.0])[1], z([1.0, 0.0])[1]], rtol=1e-12)
     np.testing.assert_allclose(out.process_advantage, [z([0.2, -0.2])[0], 0.0, z([0.2, -0.2])[1], 0.0])
+    # v2: A^O is GRPO's a_i discounted (a trajectory-level statistic: per_step_index_norm leaves it alone);
+    # A^P centred per (group, index): index 0 gives c = [0.2, -0.2], the batch std of 2 values from 2
+    # trajectories is sqrt(0.08 / 1), the same as the group's here.
+    v2 = compute_advantages(b, CreditConfig(per_step_index_norm=True))
+    a = z([1.0, 0.0])
+    np.testing.assert_allclose(v2.outcome_advantage, [0.9 * a[0], a[0], 0.9 * a[1], a[1]], rtol=1e-12)
+    np.testing.assert_allclose(v2.process_advantage, [z([0.2, -0.2])[0], 0.0, z([0.2, -0.2])[1], 0.0], rtol=1e-12)
+    # With a second, shorter-lived group the batch std mixes both groups' centred values.
+    b2 = StepBatch.from_lists(["q", "q", "p", "p"], [1.0, 0.0, 1.0, 0.0],
+                              [[0.2, 0.0], [-0.2, 0.0], [0.1, 0.0, 0.0], [0.0, 0.0, 0.0]],
+                              [[False, True], [False, True], [False, False, True], [False, False, True]])
+    v2 = compute_advantages(b2, CreditConfig(per_step_index_norm=True, beta=0.0))
+    # P: q index 0 [0.2, -0.2]; p index 0 [0.1, 0], index 1 [0, 0] (dead: zero spread)
+    c = [0.2, -0.2, 0.05, -0.05]
+    std = math.sqrt(sum(x * x for x in c) / (4 * 3 / 4))  # 4 live values from 4 trajectories
+    internal = ~b2.is_solution
+    np.testing.assert_allclose(v2.process_advantage[internal],
+                               [c[0] / (std + EPS), c[1] / (std + EPS), c[2] / (std + EPS), 0.0,
+                                c[3] / (std + EPS), 0.0], rtol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -495,6 +695,17 @@ def test_discounted_reverse_cumsum_long_trajectory_no_overflow():
     n = 5000  # 0.5^-5000 would overflow a gamma^-t scaling; the scan is exact
     got = discounted_reverse_cumsum(np.ones(n), np.arange(n)[::-1].copy(), 0.5)
     assert np.all(np.isfinite(got)) and got[0] == pytest.approx(2.0) and got[-1] == 1.0
+
+
+def test_group_center_and_pooled_std():
+    centred, live = group_center(np.array([1.0, 3.0, 5.0, 2.0, 2.0, 7.0]), np.array([0, 0, 0, 1, 1, 2]), 3)
+    np.testing.assert_allclose(centred, [-2.0, 0.0, 2.0, 0.0, 0.0, 0.0])
+    assert live.tolist() == [True, True, True, False, False, False]  # zero spread; a single value
+    # 4 values from 2 trajectories: divide the squared deviations by 4 * 1 / 2 = 2
+    assert pooled_std(np.array([1.0, -1.0, 2.0, -2.0]), np.array([0, 0, 1, 1])) == pytest.approx(math.sqrt(10 / 2))
+    assert pooled_std(np.array([1.0, -1.0]), np.array([4, 4])) == 0.0  # one trajectory
+    assert pooled_std(np.array([0.3, 0.1 + 0.2]), np.array([0, 1])) == 0.0  # zero spread up to rounding
+    assert pooled_std(np.zeros(0), np.zeros(0, dtype=np.int64)) == 0.0
 
 
 def test_group_normalize_degenerate_segments():

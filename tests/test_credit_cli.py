@@ -100,6 +100,20 @@ def test_broken_json_and_unknown_estimator(tmp_path: Path, capsys: pytest.Captur
     assert "gamma_p" in capsys.readouterr().err
 
 
+def test_version_switches_are_credit_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # FineStep version 1 is two bare credit keys away (outcome_norm, process_scale); bad values are usage errors.
+    steps = [{"kind": "sql", "sql": "x", "process_reward": 0.1, "links": []},
+             {"kind": "solution", "sql": "y", "process_reward": 0.0, "links": []}]
+    path = write(tmp_path / "t.jsonl", *({"task_id": "q", "trajectory_id": t, "outcome": 1.0, "steps": steps}
+                                         for t in "ab"))  # fmt: skip
+    v2 = inspect_credit(path, "finestep", [])
+    v1 = inspect_credit(path, "finestep", ["outcome_norm=steps", "process_scale=group"])
+    assert v2[0]["advantages"] == [0.0, 0.0]  # identical trajectories: nothing to prefer
+    assert v1[0]["advantages"][0] < 0 < v1[0]["advantages"][1]  # version 1 favours the late step
+    assert main(["credit", "--input", str(path), "--no-table", "process_scale=task"]) == 2
+    assert "process_scale" in capsys.readouterr().err
+
+
 def test_table_on_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path / "t.jsonl", {"task_id": "q", "trajectory_id": "a", "outcome": 1.0,
                                         "steps": [{"kind": "solution", "sql": "SELECT 1", "process_reward": 0.0, "links": []}]})

@@ -1,7 +1,8 @@
 """CreditConfig: every knob of step-level credit assignment and token masking, with FINESTEP.md defaults.
 
 Each FineStep ablation of the paper is one entry of ``ABLATIONS`` (a few field overrides), so
-``CreditConfig.ablation("no_logical")`` is the whole change.
+``CreditConfig.ablation("no_logical")`` is the whole change. FineStep version 2 (FINESTEP.md section 2) is the
+default; ``CreditConfig.ablation("v1")`` (``outcome_norm="steps"``, ``process_scale="group"``) is version 1.
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ from typing import Any
 
 from finestep.credit.ops import NORMALIZE_MODES
 
-__all__ = ["ABLATIONS", "CreditConfig"]
+__all__ = ["ABLATIONS", "OUTCOME_NORMS", "PROCESS_SCALES", "CreditConfig"]
+
+#: finestep's outcome term: ``trajectory`` (version 2) or ``steps`` (version 1).
+OUTCOME_NORMS = ("trajectory", "steps")
+#: finestep's process scale: ``batch`` (version 2), ``group`` (version 1) or ``none`` (centred returns).
+PROCESS_SCALES = ("batch", "group", "none")
 
 
 @dataclass(frozen=True)
@@ -23,17 +29,32 @@ class CreditConfig:
 
     estimator: str = field(default="finestep", metadata={"help": "registered estimator name (see ESTIMATORS)"})
     gamma_p: float = field(default=0.5, metadata={"help": "process-return discount: P_t = sum gamma_p^(k-t) r_k"})
-    gamma_o: float = field(default=0.9, metadata={"help": "outcome-return discount: O_t = gamma_o^(T-t) R"})
+    gamma_o: float = field(
+        default=0.9, metadata={"help": "outcome discount: A^O_t = gamma_o^(T-t) a_i (v2), O_t = gamma_o^(T-t) R (v1)"}
+    )
     beta: float = field(default=0.3, metadata={"help": "logical smoothing weight of the linked steps' mean P"})
     lam: float = field(default=0.5, metadata={"help": "lambda, weight of the process advantage A^P"})
     eps: float = field(default=1e-6, metadata={"help": "added to the sample std in normalization"})
     normalize: str = field(
         default="group",
-        metadata={"help": "group: (x - mean) / (std + eps) over the task's group; center: x - mean; "
-                          "none: raw returns (the no-normalization ablation)"},
+        metadata={"help": "group: (x - mean) / (std + eps) over the task's group (finestep: the scales of "
+                          "outcome_norm and process_scale); center: x - mean, no std anywhere; "
+                          "none: raw returns, no baseline (the no_group_norm ablation)"},
+    )
+    outcome_norm: str = field(
+        default="trajectory",
+        metadata={"help": "finestep A^O: trajectory (v2): GRPO's a_i over the group's trajectories, times "
+                          "gamma_o^(T-t); steps (v1): O = gamma_o^(T-t) R normalized over the group's steps"},
+    )
+    process_scale: str = field(
+        default="batch",
+        metadata={"help": "finestep A^P: the group-centred P~ divided by batch (v2): its std over the live steps "
+                          "of the whole batch; group (v1): the group's own std; none: not divided"},
     )
     per_step_index_norm: bool = field(
-        default=False, metadata={"help": "finestep: normalize per (group, step index) instead of per group"}
+        default=False,
+        metadata={"help": "finestep: step-level statistics per (group, step index) instead of per group (A^P's "
+                          "centring and group std; A^O under outcome_norm=steps; never a_i, the batch std)"},
     )
     use_process: bool = field(default=True, metadata={"help": "finestep: False drops A^P (same as lam = 0)"})
     process_internal_only: bool = field(
@@ -62,6 +83,10 @@ class CreditConfig:
             raise ValueError(f"eps must be > 0, got {self.eps}")
         if self.normalize not in NORMALIZE_MODES:
             raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
+        if self.outcome_norm not in OUTCOME_NORMS:
+            raise ValueError(f"outcome_norm must be one of {OUTCOME_NORMS}, got {self.outcome_norm!r}")
+        if self.process_scale not in PROCESS_SCALES:
+            raise ValueError(f"process_scale must be one of {PROCESS_SCALES}, got {self.process_scale!r}")
 
     @property
     def effective_lam(self) -> float:
@@ -84,7 +109,9 @@ class CreditConfig:
         return replace(self, **overrides)
 
 
-# The FineStep ablations of FINESTEP.md ("Baselines and ablations"), one switch set each.
+# The FineStep ablations of FINESTEP.md ("Baselines and ablations"), one switch set each, and version 1 ("v1").
+# no_group_norm is "raw returns": normalize="none" drops every baseline and scale (outcome_norm and
+# process_scale then have nothing to act on).
 ABLATIONS: dict[str, dict[str, Any]] = {
     "full": {},
     "no_process": {"use_process": False},
@@ -92,4 +119,5 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no_logical": {"beta": 0.0},
     "no_group_norm": {"normalize": "none"},
     "no_masking": {"process_internal_only": False, "mask_truncated_steps": False, "drop_zero_groups": False},
+    "v1": {"outcome_norm": "steps", "process_scale": "group"},
 }

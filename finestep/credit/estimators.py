@@ -6,6 +6,8 @@ trajectory). Shapes: ``N`` trajectories, ``S`` steps, ``K`` groups.
 
 Group rule shared by every normalized stream (``normalize`` = ``"group"`` or ``"center"``): a group whose
 stream has fewer than two values, values from fewer than two trajectories, or zero spread contributes exactly 0.
+Only finestep's ``process_scale="batch"`` (its default) looks across groups: the scale of ``A^P`` is one number
+for the whole batch, so the estimator must see every group of the update at once.
 Under ``normalize="none"`` (raw returns) nothing is zeroed, except gigpo's anchor groups of one trajectory.
 """
 
@@ -18,7 +20,13 @@ import numpy as np
 
 from finestep.credit.batch import StepBatch
 from finestep.credit.config import CreditConfig
-from finestep.credit.ops import discounted_reverse_cumsum, group_normalize, link_smooth
+from finestep.credit.ops import (
+    discounted_reverse_cumsum,
+    group_center,
+    group_normalize,
+    link_smooth,
+    pooled_std,
+)
 
 __all__ = [
     "ESTIMATORS",
@@ -96,6 +104,15 @@ def _sources(batch: StepBatch, selected: np.ndarray | None = None) -> np.ndarray
     return np.bincount(batch.group_index, weights=has_steps, minlength=batch.n_groups)
 
 
+def _step_buckets(batch: StepBatch, selected: np.ndarray, config: CreditConfig) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """``(ids, n_ids, n_sources)`` of the selected steps' statistics: per group, or per (group, step index)."""
+    if config.per_step_index_norm:
+        width = int(batch.lengths.max())
+        # One step per trajectory per (group, index): the value count is the trajectory count.
+        return batch.step_group[selected] * width + batch.position[selected], batch.n_groups * width, None
+    return batch.step_group[selected], batch.n_groups, _sources(batch, selected)
+
+
 def _normalize_steps(
     values: np.ndarray, batch: StepBatch, selected: np.ndarray, config: CreditConfig
 ) -> np.ndarray:
@@ -103,39 +120,69 @@ def _normalize_steps(
     out = np.zeros(batch.n_steps, dtype=np.float64)
     if not selected.any():
         return out
-    if config.per_step_index_norm:
-        width = int(batch.lengths.max())
-        ids = batch.step_group[selected] * width + batch.position[selected]
-        # One step per trajectory per (group, index): the value count is the trajectory count.
-        out[selected] = group_normalize(
-            values[selected], ids, batch.n_groups * width, mode=config.normalize, eps=config.eps
-        )
-    else:
-        out[selected] = group_normalize(
-            values[selected], batch.step_group[selected], batch.n_groups,
-            mode=config.normalize, eps=config.eps, n_sources=_sources(batch, selected),
-        )
+    ids, n_ids, sources = _step_buckets(batch, selected, config)
+    out[selected] = group_normalize(
+        values[selected], ids, n_ids, mode=config.normalize, eps=config.eps, n_sources=sources
+    )
+    return out
+
+
+def _outcome_advantage(batch: StepBatch, O: np.ndarray, config: CreditConfig) -> np.ndarray:
+    """(S,) ``A^O``: v2 ``gamma_o^(T_i-t) a_i`` with GRPO's ``a_i``; v1 ``O`` normalized over the group's steps.
+
+    ``normalize="none"`` keeps the raw ``O`` under both; ``"center"`` drops the std (``a_i = R_i - mean R``).
+    """
+    if config.outcome_norm == "steps" or config.normalize == "none":
+        return _normalize_steps(O, batch, np.ones(batch.n_steps, dtype=bool), config)
+    a = group_normalize(batch.outcome, batch.group_index, batch.n_groups, mode=config.normalize, eps=config.eps)
+    return config.gamma_o ** batch.remaining.astype(np.float64) * a[batch.traj]
+
+
+def _process_advantage(
+    batch: StepBatch, P_smooth: np.ndarray, selected: np.ndarray, config: CreditConfig
+) -> np.ndarray:
+    """(S,) ``A^P`` on the selected steps, 0 elsewhere: ``P~`` centred per group, then scaled.
+
+    ``process_scale="batch"`` (v2) divides by the std of the centred values over the live steps of the whole
+    batch (``pooled_std``: steps of degenerate groups, which get 0, take no part); ``"group"`` (v1) by the
+    group's own std; ``"none"`` (or ``normalize="center"``) keeps the centred values; ``normalize="none"`` keeps
+    the raw ``P~``.
+    """
+    if config.normalize == "none" or (config.normalize == "group" and config.process_scale == "group"):
+        return _normalize_steps(P_smooth, batch, selected, config)
+    out = np.zeros(batch.n_steps, dtype=np.float64)
+    if not selected.any():
+        return out
+    ids, n_ids, sources = _step_buckets(batch, selected, config)
+    centred, live = group_center(P_smooth[selected], ids, n_ids, n_sources=sources)
+    if config.normalize == "group" and config.process_scale == "batch":
+        std = pooled_std(centred[live], batch.traj[selected][live])
+        centred = centred / (std + config.eps) if std > 0.0 else np.zeros_like(centred)
+    out[selected] = centred
     return out
 
 
 @register_estimator("finestep")
 def finestep(batch: StepBatch, config: CreditConfig) -> StepAdvantages:
-    """FineStep (FINESTEP.md section 2): temporal, logical and group-relative step credit.
+    """FineStep (FINESTEP.md section 2, version 2 by default): temporal, logical and group-relative step credit.
 
     ``P_{i,t} = sum_{k>=t} gamma_p^(k-t) r_{i,k}``; ``O_{i,t} = gamma_o^(T_i-t) R_i``;
-    ``P~ = (1 - beta) P + beta * mean_{k in L(t)} P_k`` (links in both directions, unchanged without links);
-    ``A^O`` = O normalized over all steps of the group; ``A^P`` = P~ normalized over the internal (non-solution)
-    steps of the group; ``A = A^O + lambda A^P`` on internal steps and ``A^O`` on solution steps.
-    With ``process_internal_only=False`` A^P is normalized over and added to every step. With
-    ``per_step_index_norm`` the statistics are per (group, step index). Returns every intermediate, (S,) each.
+    ``P~ = (1 - beta) P + beta * mean_{k in L(t)} P_k`` (links in both directions, unchanged without links).
+    v2: ``A^O = gamma_o^(T_i-t) a_i`` with ``a_i`` GRPO's advantage of trajectory i in its group;
+    ``A^P = c / (std_batch(c) + eps)`` with ``c = P~ - mean`` over the internal steps of the group and
+    ``std_batch`` over the live internal steps of the whole batch. v1 (``outcome_norm="steps"``,
+    ``process_scale="group"``): ``A^O`` = O normalized over all steps of the group, ``A^P`` = P~ normalized
+    over the group's internal steps. ``A = A^O + lambda A^P`` on internal steps and ``A^O`` on solution steps.
+    With ``process_internal_only=False`` A^P is computed over and added to every step. With
+    ``per_step_index_norm`` the step-level group statistics are per (group, step index). Returns every
+    intermediate, (S,) each.
     """
     P = discounted_reverse_cumsum(batch.process_reward, batch.remaining, config.gamma_p)
     O = config.gamma_o ** batch.remaining.astype(np.float64) * batch.outcome[batch.traj]
     P_smooth = link_smooth(P, batch.link_src, batch.link_dst, config.beta)
-    every = np.ones(batch.n_steps, dtype=bool)
-    A_O = _normalize_steps(O, batch, every, config)
-    process_steps = ~batch.is_solution if config.process_internal_only else every
-    A_P = _normalize_steps(P_smooth, batch, process_steps, config)
+    A_O = _outcome_advantage(batch, O, config)
+    process_steps = ~batch.is_solution if config.process_internal_only else np.ones(batch.n_steps, dtype=bool)
+    A_P = _process_advantage(batch, P_smooth, process_steps, config)
     return StepAdvantages(
         advantages=A_O + config.effective_lam * A_P,
         outcome_return=O,

@@ -11,8 +11,10 @@ __all__ = [
     "NORMALIZE_MODES",
     "ZERO_SPREAD_RTOL",
     "discounted_reverse_cumsum",
+    "group_center",
     "group_normalize",
     "link_smooth",
+    "pooled_std",
 ]
 
 NORMALIZE_MODES = ("group", "center", "none")
@@ -20,6 +22,22 @@ NORMALIZE_MODES = ("group", "center", "none")
 # A segment whose sample std is at most ZERO_SPREAD_RTOL * (1 + |mean|) has "zero spread": equal values up to
 # floating-point rounding. It contributes exactly 0 (never (x - mean) / eps, never NaN).
 ZERO_SPREAD_RTOL = 1e-12
+
+
+def _segment_moments(
+    x: np.ndarray, ids: np.ndarray, n_ids: int, n_sources: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(dev (S,), std (K,), dead (K,))``: deviations from the segment mean, the segment's sample std (Bessel's
+    correction counted in sources, see ``group_normalize``) and the degenerate-segment flags."""
+    count = np.bincount(ids, minlength=n_ids).astype(np.float64)
+    mean = np.bincount(ids, weights=x, minlength=n_ids) / np.maximum(count, 1.0)
+    dev = x - mean[ids]
+    sources = count if n_sources is None else np.asarray(n_sources, dtype=np.float64)
+    dof = count * (sources - 1.0) / np.maximum(sources, 1.0)
+    var = np.bincount(ids, weights=dev * dev, minlength=n_ids) / np.maximum(dof, 1e-12)
+    std = np.sqrt(var)
+    dead = (count < 2) | (sources < 2) | (std <= ZERO_SPREAD_RTOL * (1.0 + np.abs(mean)))
+    return dev, std, dead
 
 
 def group_normalize(
@@ -58,20 +76,53 @@ def group_normalize(
     if mode == "none" or x.size == 0:
         return x.copy()
     ids = np.asarray(ids, dtype=np.int64)
-    count = np.bincount(ids, minlength=n_ids).astype(np.float64)
-    mean = np.bincount(ids, weights=x, minlength=n_ids) / np.maximum(count, 1.0)
-    dev = x - mean[ids]
-    sources = count if n_sources is None else np.asarray(n_sources, dtype=np.float64)
-    dof = count * (sources - 1.0) / np.maximum(sources, 1.0)
-    var = np.bincount(ids, weights=dev * dev, minlength=n_ids) / np.maximum(dof, 1e-12)
-    std = np.sqrt(var)
-    dead = (count < 2) | (sources < 2) | (std <= ZERO_SPREAD_RTOL * (1.0 + np.abs(mean)))
-    if mode == "center":
-        out = dev
-    else:
-        out = dev / (std + eps)[ids]
+    dev, std, dead = _segment_moments(x, ids, n_ids, n_sources)
+    out = dev if mode == "center" else dev / (std + eps)[ids]
     out[dead[ids]] = 0.0
     return out
+
+
+def group_center(
+    values: np.ndarray, ids: np.ndarray, n_ids: int, *, n_sources: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``x - mean`` within segments, and which values are *live* (their segment is not degenerate).
+
+    Args: as ``group_normalize``.
+
+    Returns:
+        ``(centred, live)``, both (S,): ``centred`` float64 (exactly 0 in a degenerate segment, as
+        ``group_normalize(mode="center")``), ``live`` bool (False in a degenerate segment).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return x.copy(), np.zeros(0, dtype=bool)
+    ids = np.asarray(ids, dtype=np.int64)
+    dev, _, dead = _segment_moments(x, ids, n_ids, n_sources)
+    live = ~dead[ids]
+    dev[~live] = 0.0
+    return dev, live
+
+
+def pooled_std(values: np.ndarray, traj: np.ndarray) -> float:
+    """Sample std of one pooled stream, Bessel's correction counted in trajectories; 0.0 if degenerate.
+
+    Args:
+        values: (n,) float, e.g. the centred process returns of every live step of a batch.
+        traj: (n,) int, the trajectory of each value.
+
+    Returns:
+        ``sqrt(sum (x - mean)^2 / (n (k - 1) / k))`` with ``k`` distinct trajectories; ``0.0`` when ``n < 2``,
+        ``k < 2`` or the spread is zero (``ZERO_SPREAD_RTOL``).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    n = x.size
+    k = np.unique(np.asarray(traj)).size if n else 0
+    if n < 2 or k < 2:
+        return 0.0
+    mean = float(x.mean())
+    dev = x - mean
+    std = float(np.sqrt(np.dot(dev, dev) / (n * (k - 1) / k)))
+    return 0.0 if std <= ZERO_SPREAD_RTOL * (1.0 + abs(mean)) else std
 
 
 def discounted_reverse_cumsum(values: np.ndarray, remaining: np.ndarray, gamma: float) -> np.ndarray:

@@ -78,8 +78,41 @@ def _normalize_buckets(buckets: dict, mode: str, eps: float, out: dict[int, floa
             out[s] = z
 
 
+def _centre_or_none(values: list[float], sources: list[int]) -> list[float] | None:
+    """One bucket's values minus their mean, or None if the bucket is degenerate (it then gives 0)."""
+    n, k = len(values), len(set(sources))
+    if n < 2 or k < 2:
+        return None
+    mean = sum(values) / n
+    if math.sqrt(sum((v - mean) ** 2 for v in values) / (n * (k - 1) / k)) <= ZERO_SPREAD_RTOL * (1 + abs(mean)):
+        return None
+    return [v - mean for v in values]
+
+
+def _ref_process_v2(p_buckets: dict, config: CreditConfig, A_P: dict[int, float]) -> None:
+    """Version 2 process term: centre each bucket, divide by the std of the live centred values of the batch."""
+    live: list[tuple[int, int, float]] = []  # (flat step, trajectory, centred value) of non-degenerate buckets
+    for items in p_buckets.values():
+        centred = _centre_or_none([v for _, _, v in items], [i for _, i, _ in items])
+        for (s, i, _), c in zip(items, centred or [0.0] * len(items)):
+            A_P[s] = c
+            if centred is not None:
+                live.append((s, i, c))
+    if config.normalize == "center" or config.process_scale == "none":
+        return
+    n, k = len(live), len({i for _, i, _ in live})
+    std = 0.0
+    if n >= 2 and k >= 2:
+        mean = sum(c for _, _, c in live) / n
+        std = math.sqrt(sum((c - mean) ** 2 for _, _, c in live) / (n * (k - 1) / k))
+        if std <= ZERO_SPREAD_RTOL * (1 + abs(mean)):
+            std = 0.0
+    for s, c in list(A_P.items()):
+        A_P[s] = c / (std + config.eps) if std > 0 else 0.0
+
+
 def ref_finestep(batch: StepBatch, config: CreditConfig) -> np.ndarray:
-    """FineStep by the definitions, one trajectory and one step at a time."""
+    """FineStep by the definitions (version 2, or version 1 by its switches), one step at a time."""
     trajs = _trajectories(batch)
     P: dict[int, float] = {}
     O: dict[int, float] = {}
@@ -95,8 +128,11 @@ def ref_finestep(batch: StepBatch, config: CreditConfig) -> np.ndarray:
                 P_smooth[s] = (1 - config.beta) * P[s] + config.beta * sum(P[k] for k in linked) / len(linked)
             else:
                 P_smooth[s] = P[s]
+    v1_outcome = config.outcome_norm == "steps" or config.normalize == "none"
+    v1_process = config.normalize == "none" or (config.normalize == "group" and config.process_scale == "group")
     A_O: dict[int, float] = {}
     A_P: dict[int, float] = {}
+    p_all: dict = {}
     for g, members in _by_group(trajs).items():
         o_buckets: dict = {}
         p_buckets: dict = {}
@@ -106,8 +142,20 @@ def ref_finestep(batch: StepBatch, config: CreditConfig) -> np.ndarray:
                 o_buckets.setdefault(key, []).append((s, i, O[s]))
                 if not (config.process_internal_only and trajs[i]["sol"][t]):
                     p_buckets.setdefault(key, []).append((s, i, P_smooth[s]))
-        _normalize_buckets(o_buckets, config.normalize, config.eps, A_O)
-        _normalize_buckets(p_buckets, config.normalize, config.eps, A_P)
+        if v1_outcome:
+            _normalize_buckets(o_buckets, config.normalize, config.eps, A_O)
+        else:  # GRPO's a_i over every trajectory of the group (zero-step ones too), discounted per step
+            a = _normalize([trajs[i]["R"] for i in members], members, config.normalize, config.eps)
+            for i, a_i in zip(members, a):
+                T = len(trajs[i]["steps"])
+                for t, s in enumerate(trajs[i]["steps"]):
+                    A_O[s] = config.gamma_o ** (T - 1 - t) * a_i
+        if v1_process:
+            _normalize_buckets(p_buckets, config.normalize, config.eps, A_P)
+        else:
+            p_all.update(p_buckets)
+    if p_all:
+        _ref_process_v2(p_all, config, A_P)
     lam = config.lam if config.use_process else 0.0
     return np.array([A_O[s] + lam * A_P.get(s, 0.0) for s in range(batch.n_steps)], dtype=np.float64)
 
