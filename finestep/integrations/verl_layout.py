@@ -23,6 +23,10 @@ into the rewards, in this layout:
   uses (otherwise ``-0.3`` stored alone and ``-0.3`` stored inside ``-1.3`` would differ by 1e-8, and a group of
   equal process returns would no longer count as zero spread).
 
+FineStep's default process scale (``process_scale="batch"``, version 2) is one statistic over every group of the
+batch: verl calls the estimator once per training step with the whole batch (``compute_advantage`` on the full
+``DataProto``; see docs/scale.md), so the plugin's advantages equal ``finestep.credit``'s on that batch.
+
 Logical links (FINESTEP.md "Logical") have no place in verl's estimator inputs: through verl, ``P~ = P``
 (the ``no_logical`` ablation), whatever ``beta`` says. Token masks: truncated steps are not marked in verl's
 tensors, so ``mask_truncated_steps`` has no effect; ``drop_zero_groups`` zeroes the group's advantages (verl
@@ -249,7 +253,8 @@ class VerlSettings:
 def configs_from_verl(algorithm: Any, estimator: str = "finestep") -> VerlSettings:
     """FineStep's settings from verl's ``algorithm`` config (its ``finestep`` block).
 
-    ``algorithm.finestep`` may hold ``ablation`` (a key of ``ABLATIONS``), any ``CreditConfig`` field but
+    ``algorithm.finestep`` may hold ``ablation`` (a key of ``ABLATIONS``, e.g. ``v1``), any ``CreditConfig`` field
+    (e.g. ``outcome_norm``, ``process_scale``) but
     ``estimator`` (the verl estimator name decides it), ``rewards`` (``RewardConfig``: ``outcome``, ``process``)
     and ``reward_decimals`` (``RewardReader.decimals``, default 5, ``null`` for none). Everything missing takes
     FineStep's defaults. Raises ``ValueError`` (``ConfigError``) naming a bad key, and when

@@ -92,7 +92,7 @@ def test_adapter_equals_finestep_credit_exactly(estimator, seed):
     assert torch.all(got[mask == 0] == 0)
 
 
-@pytest.mark.parametrize("ablation", ["full", "no_process", "no_temporal", "no_group_norm", "no_masking"])
+@pytest.mark.parametrize("ablation", ["full", "no_process", "no_temporal", "no_group_norm", "no_masking", "v1"])
 def test_adapter_equals_finestep_credit_on_rule_values(ablation):
     """The default rules' values (0.1, -0.2, ...) are stored in float32 by verl and read back rounded to 5
     decimals: the exact float64 values, so the advantages are equal too (without rounding they are not:
@@ -129,6 +129,13 @@ def test_configs_from_verl_reads_the_finestep_block():
     credit = settings.credit
     assert (credit.estimator, credit.beta, credit.gamma_p, credit.lam) == ("ps_grpo", 0.0, 0.25, 1.0)
     assert settings.rewards.outcome.correct == 2.0 and settings.reader.decimals is None
+    # FineStep version 1 through verl: the ablation, or its two fields
+    for block in ({"ablation": "v1"}, {"outcome_norm": "steps", "process_scale": "group"}):
+        credit = configs_from_verl({"finestep": block}).credit
+        assert credit == CreditConfig.ablation("v1")
+    assert configs_from_verl({"finestep": {"process_scale": "none"}}).credit.process_scale == "none"
+    with pytest.raises(ValueError, match="process_scale must be one of"):
+        configs_from_verl({"finestep": {"process_scale": "task"}})
     with pytest.raises(ConfigError, match="algorithm.finestep.gama_p: unknown key"):
         configs_from_verl({"finestep": {"gama_p": 0.5}})
     with pytest.raises(ValueError, match="use_kl_in_reward"):
