@@ -37,6 +37,7 @@ test: install-dev
 bench: install
 	$(BIN)/python benchmarks/eval_speed.py --spider-dir $(SPIDER)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/credit_speed.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/credit_quality.py --tasks 256
 
 clean:
 	rm -rf $(VENV) .venv-verl runs .pytest_cache .hypothesis

@@ -37,10 +37,10 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sqlworld-tiny.yaml"
 
 # The demo's world and model: smaller than the bench's, to fit in minutes on 2 cores.
 _DEMO_PIPELINE = PipelineConfig(
-    valid_per_db=0, heldout_per_db=0, expert_samples_per_task=1,
+    valid_per_db=0, heldout_per_db=1, expert_samples_per_task=1,
     tiny=TinyModelConfig(vocab_size=1024, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
                          intermediate_size=256, max_position_embeddings=2048),
-    sft=SFTConfig(epochs=8, lr=3e-3, batch_size=16),
+    sft=SFTConfig(epochs=8, lr=3e-3, batch_size=16), sft_continue=None,
 )  # fmt: skip
 
 
@@ -60,7 +60,7 @@ class DemoConfig:
     @classmethod
     def quick(cls) -> DemoConfig:
         base = _DEMO_PIPELINE
-        pipeline = replace(base, n_train_dbs=24, n_test_dbs=4, questions_per_db=10,
+        pipeline = replace(base, n_train_dbs=24, n_test_dbs=4, questions_per_db=10, heldout_per_db=2,
                            sft=replace(base.sft, epochs=4))  # fmt: skip
         return cls(pipeline, rl_steps=8, eval_tasks=32, viewer_tasks=4)
 
@@ -83,11 +83,12 @@ def run_demo(out: Path, demo: DemoConfig, say: Callable[[str, float | None], Non
     start = time.perf_counter()
     expected = pipeline_paths(out)
     config = rl_config(CONFIG, expected["world"], expected["sft"],
-                       [f"trainer.max_steps={demo.rl_steps}", f"data.max_eval_tasks={demo.eval_tasks}"])  # fmt: skip
+                       [f"trainer.max_steps={demo.rl_steps}", f"data.max_eval_tasks={demo.eval_tasks}",
+                        "data.eval_split=heldout"])  # fmt: skip
     paths = prepare(out, demo.pipeline, config.rollout, say)
     world = load_world(paths["world"])
-    tasks = world.test[: demo.eval_tasks]
-    say("evaluating the warm-started model on held-out databases", None)
+    tasks = world.heldout[: demo.eval_tasks]
+    say("evaluating the warm-started model on held-out questions", None)
     before, _ = evaluate_model(paths["sft"], tasks, config.rollout)
     run_dir = out / "rl"
     result = run_rl(config, run_dir, on_step=lambda m: say(
@@ -131,7 +132,8 @@ def _report(summary: dict[str, Any], out: Path) -> str:
         f"scripted expert trajectories (with redundant probes, failed queries and skipped probes), then trained with "
         f"FineStep RL for {summary['rl_steps']} steps ({config['trainer']['tasks_per_step']} tasks x "
         f"{config['rollout']['group_size']} samples per step). Evaluated greedily on {summary['held_out_tasks']} "
-        f"questions over databases never seen in training. Wall time: {summary['wall_time_s']:.0f} s.\n\n"
+        f"held-out questions: new questions on the training databases, never trained on (neither by SFT nor by RL). "
+        f"Wall time: {summary['wall_time_s']:.0f} s.\n\n"
         + markdown_table(summary_rows(summary), [("metric", "metric"), ("before", "after SFT"), ("after", "after RL")])
         + "\n## Training curves\n\n![training curves](training_curves.png)\n\n"
         "EX, tool calls and redundant-call rate of the sampled training episodes, per RL step (moving average).\n\n"

@@ -58,6 +58,8 @@ class PipelineConfig:
         max_position_embeddings=2048,
     ))  # fmt: skip
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=4, lr=3e-3, batch_size=16))
+    # a second SFT stage from the first one's weights (fresh optimizer and schedule), or None
+    sft_continue: SFTConfig | None = field(default_factory=lambda: SFTConfig(epochs=4, lr=1e-3, batch_size=16, seed=1))
     eval_tasks: int = 96
 
 
@@ -114,8 +116,11 @@ def prepare(out: Path, config: PipelineConfig, prompt: RolloutConfig, progress: 
         model = load_model(paths["init"])
         examples = build_sft_examples(load_sft_records(paths["expert"]), tokenizer, get_protocol(prompt.protocol),
                                       prompt, SqlSandbox())  # fmt: skip
-        train_sft(model, examples, config.sft, int(tokenizer.pad_token_id), torch.device("cpu"),
-                  on_step=lambda step, total, loss: say(f"SFT warm start (loss {loss:.3f})", step / total))
+        stages = [config.sft] + ([config.sft_continue] if config.sft_continue is not None else [])
+        for n, stage in enumerate(stages, 1):
+            train_sft(model, examples, stage, int(tokenizer.pad_token_id), torch.device("cpu"),
+                      on_step=lambda step, total, loss, n=n: say(
+                          f"SFT warm start, stage {n}/{len(stages)} (loss {loss:.3f})", step / total))
         tmp = paths["sft"].with_name(".model-sft.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
