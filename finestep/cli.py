@@ -523,16 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    # Our own progress bars say what is happening; the libraries' per-file bars and hub notices are noise.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
+    from finestep.models.loading import quiet_libraries
 
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
+    quiet_libraries()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

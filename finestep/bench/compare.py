@@ -15,6 +15,7 @@ from finestep.atomic import atomic_write_json, atomic_write_text
 import torch
 
 from finestep.bench.pipeline import evaluate_model, run_rl
+from finestep.models import quiet_libraries
 from finestep.bench.report import markdown_table, plot_curves, plot_diagnostics
 from finestep.credit import ABLATIONS
 from finestep.data.sqlworld import load_world
@@ -101,6 +102,7 @@ def _run_one(
 
 def _in_worker(job: tuple[Any, ...]) -> dict[str, Any]:
     torch.set_num_threads(1)  # one thread per run: parallel runs share the cores without oversubscription
+    quiet_libraries()  # a spawned process starts with the libraries' defaults
     if job[0] == "warm_start":
         return _warm_start(*job[1:])
     return _run_one(*job[1:])

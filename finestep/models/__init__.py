@@ -6,12 +6,19 @@ real checkpoint (e.g. Qwen3-4B) the same way; ``sample_next`` draws the next tok
 
 from __future__ import annotations
 
-from finestep.models.loading import DEFAULT_LORA_TARGETS, ModelNotFoundError, load_model, load_tokenizer
+from finestep.models.loading import (
+    DEFAULT_LORA_TARGETS,
+    ModelNotFoundError,
+    load_model,
+    load_tokenizer,
+    quiet_libraries,
+)
 from finestep.models.ragged import RaggedKVBatch
 from finestep.models.sampling import StopChecker, sample_next
 from finestep.models.tiny import CHAT_TEMPLATE, PROTOCOL_TAGS, SPECIAL_TOKENS, build_tiny_model
 
 __all__ = [
+    "quiet_libraries",
     "CHAT_TEMPLATE",
     "DEFAULT_LORA_TARGETS",
     "PROTOCOL_TAGS",

@@ -5,13 +5,30 @@ Nothing is downloaded: ``local_files_only=True`` everywhere, and a missing folde
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_LORA_TARGETS", "ModelNotFoundError", "load_model", "load_tokenizer"]
+__all__ = ["DEFAULT_LORA_TARGETS", "ModelNotFoundError", "load_model", "load_tokenizer", "quiet_libraries"]
+
+
+def quiet_libraries() -> None:
+    """Silence the Hugging Face libraries' per-file progress bars, hub notices and advisory warnings.
+
+    Our own progress output says what is happening; called by the CLI and by worker processes it starts.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
 
 #: The attention and MLP projections of Llama/Qwen-style decoders.
 DEFAULT_LORA_TARGETS: tuple[str, ...] = (
