@@ -352,7 +352,7 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
 
         secondary = None if args.secondary == "none" else args.secondary
         run_bench(args.config, args.out, estimators, args.seeds, common, finished, stepped, jobs=args.jobs,
-                  secondary=secondary if args.model is None else None, world_seed=args.world_seed)  # fmt: skip
+                  secondary=secondary, world_seed=args.world_seed)  # fmt: skip
     console.print((args.out / "results.md").read_text(encoding="utf-8"), markup=False, highlight=False)
     console.print(f"wrote {args.out / 'results.json'}, {args.out / 'learning_curves.png'}, "
                   f"{args.out / 'diagnostics.png'}")

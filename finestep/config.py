@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -17,6 +18,11 @@ import yaml
 __all__ = ["ConfigError", "apply_overrides", "from_dict", "merge_overrides", "parse_value", "to_dict"]
 
 C = TypeVar("C")
+
+
+# YAML 1.1 (PyYAML) reads ``3e-5`` as a string: its floats need a dot and a signed exponent. Numbers in that
+# everyday form are accepted where a float is expected.
+_EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 class ConfigError(ValueError):
@@ -68,6 +74,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         items = [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if annotation is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

@@ -201,15 +201,10 @@ def test_expert_trajectory_format_and_reasoning_prefix(world: World, tmp_path: P
         ExpertConfig(p_skip_probe=1.5)
 
 
-def test_default_world_builds_quickly(tmp_path: Path) -> None:
-    import time
-
-    start = time.perf_counter()
-    world = build_world(tmp_path / "world")
-    elapsed = time.perf_counter() - start
+def test_default_world_sizes_and_domains(tmp_path: Path) -> None:
+    world = build_world(tmp_path / "world")  # speed is not asserted here: tests do not time (benchmarks do)
     assert len(world.train) == 24 * 12 and len(world.test) == 8 * 12
     assert {world.databases[t.db_id]["domain"] for t in world.test} == {d.name for d in DOMAINS}
-    assert elapsed < 10.0, elapsed
 
 
 def test_valid_and_heldout_are_new_questions_on_training_databases(world: World, tmp_path: Path) -> None:

@@ -148,7 +148,14 @@ def test_credit_diagnostics_of_real_estimators(estimator: str) -> None:
         assert out["adv_process_abs_mean"] == 0.0
 
 
+@pytest.mark.parametrize(("text", "value"), [("3e-5", 3e-5), ("1E-4", 1e-4), ("-2.5e+3", -2500.0), (".5e1", 5.0)])
+def test_exponent_floats_as_people_write_them(text: str, value: float) -> None:
+    assert load_train_config(CONFIG, [f"optim.lr={text}"]).optim.lr == value  # PyYAML alone reads '3e-5' as text
+
+
 def test_malformed_config_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match=r"optim\.lr: expected a number, got '3e-5x'"):
+        load_train_config(CONFIG, ["optim.lr=3e-5x"])
     with pytest.raises(ConfigError, match=r"rollout\.group_size: expected an integer, got 'four'"):
         load_train_config(CONFIG, ["rollout.group_size=four"])
     with pytest.raises(ConfigError, match=r"optim\.learning_rate: unknown key"):

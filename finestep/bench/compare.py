@@ -132,6 +132,7 @@ def run_bench(
     results: dict[str, Any] = {"estimators": {}, "base_config": str(base_config), "common_overrides": common}
     probe = _load_config(base_config, common, "grpo", 0)
     sqlworld = probe.data.benchmark == "sqlworld"
+    secondary = secondary if sqlworld else None  # only SQLWorld has named splits
     if sqlworld:
         results.update(world_seed=world_seed, eval_split=probe.data.eval_split, secondary_split=secondary,
                        n_eval=len(_eval_split_tasks(probe, probe.data.eval_split)))  # fmt: skip
