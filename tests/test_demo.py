@@ -70,7 +70,8 @@ def test_bench_compares_estimators_from_one_start(demo: Path, tmp_path: Path) ->
 @pytest.mark.slow
 def test_parallel_bench_evaluates_the_warm_start_and_a_second_split_and_resumes(demo: Path, tmp_path: Path) -> None:
     common = [f"data.path={demo / 'world'}", f"model.path={demo / 'model-sft'}", "trainer.max_steps=1",
-              "trainer.tasks_per_step=2", "rollout.group_size=2", "data.max_eval_tasks=4"]  # fmt: skip
+              "trainer.tasks_per_step=2", "rollout.group_size=2", "data.max_eval_tasks=4",
+              "data.eval_split=test"]  # fmt: skip
     results = run_bench(CONFIG, tmp_path, ["grpo", "finestep"], 1, common, jobs=2, secondary="test", world_seed=0)
     assert results["world_seed"] == 0 and results["n_eval"] == 4 and results["eval_split"] == "test"
     assert 0.0 <= results["warm_start"]["ex"] <= 100.0

@@ -223,3 +223,18 @@ def test_valid_and_heldout_are_new_questions_on_training_databases(world: World,
     assert world.valid == [] and world.heldout == []
     with pytest.raises(ValueError, match="unknown split"):
         world.split("dev")
+
+
+def test_training_data_reads_the_configured_evaluation_split(world: World, tmp_path: Path) -> None:
+    from finestep.train.config import DataConfig
+    from finestep.train.data import load_task_split
+
+    extended = build_world(tmp_path / "world", seed=0, **SMALL, valid_per_db=1, heldout_per_db=2)
+    config = DataConfig(benchmark="sqlworld", path=str(extended.root), eval_split="heldout", max_eval_tasks=None)
+    train, evaluation = load_task_split(config)
+    assert [t.id for t in train] == [t.id for t in extended.train]
+    assert [t.id for t in evaluation] == [t.id for t in extended.heldout]
+    with pytest.raises(DataError, match="data.eval_split: the world at .* has no 'heldout' questions"):
+        load_task_split(DataConfig(benchmark="sqlworld", path=str(world.root), eval_split="heldout"))
+    with pytest.raises(DataError, match="data.eval_split: expected one of valid, heldout, test; got 'train'"):
+        load_task_split(DataConfig(benchmark="sqlworld", path=str(world.root), eval_split="train"))
