@@ -6,20 +6,20 @@ import json
 import multiprocessing
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from finestep.atomic import atomic_write_json, atomic_write_text
 import torch
 
+from finestep.atomic import atomic_write_json, atomic_write_text
 from finestep.bench.pipeline import evaluate_model, run_rl
-from finestep.models import quiet_libraries
 from finestep.bench.report import markdown_table, plot_curves, plot_diagnostics
 from finestep.credit import ABLATIONS
 from finestep.data.sqlworld import load_world
 from finestep.data.task import Task
+from finestep.models import quiet_libraries
 from finestep.train.checkpoint import latest_checkpoint
 from finestep.train.config import TrainConfig, load_train_config
 

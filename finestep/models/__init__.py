@@ -18,7 +18,6 @@ from finestep.models.sampling import StopChecker, sample_next
 from finestep.models.tiny import CHAT_TEMPLATE, PROTOCOL_TAGS, SPECIAL_TOKENS, build_tiny_model
 
 __all__ = [
-    "quiet_libraries",
     "CHAT_TEMPLATE",
     "DEFAULT_LORA_TARGETS",
     "PROTOCOL_TAGS",
@@ -29,5 +28,6 @@ __all__ = [
     "build_tiny_model",
     "load_model",
     "load_tokenizer",
+    "quiet_libraries",
     "sample_next",
 ]
