@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm = commands.add_parser(
         "demo", help="SQLWorld end to end: world, tiny model, SFT, FineStep RL, before/after report and viewer",
         description="Build SQLWorld, train a tiny model from scratch (tokenizer, SFT warm start, FineStep RL) and "
-        "evaluate it before and after on held-out databases; writes report.md (with plots) and trajectories.html.",
+        "evaluate it before and after on held-out questions (new questions on the training databases); writes report.md (with plots) and trajectories.html.",
     )  # fmt: skip
     dm.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     dm.add_argument("--quick", action="store_true", help="a smaller world and budget: about 2 minutes")

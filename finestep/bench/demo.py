@@ -1,8 +1,8 @@
 """``finestep demo``: SQLWorld end to end on a CPU, with a report and a trajectory viewer.
 
 Build the world, train a tokenizer and a tiny model, warm-start it on expert trajectories, train it with FineStep
-RL, evaluate before and after on held-out databases, then write ``report.md`` (with plots) and
-``trajectories.html`` under the output folder.
+RL, evaluate before and after on held-out questions (new questions on the training databases), then write
+``report.md`` (with plots) and ``trajectories.html`` under the output folder.
 """
 
 from __future__ import annotations
