@@ -100,12 +100,17 @@ def _run_one(
     return run
 
 
+def _execute(job: tuple[Any, ...], on_step: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Run one bench job: ``("warm_start", *args)`` or ``("run", *args)``."""
+    if job[0] == "warm_start":
+        return _warm_start(*job[1:])
+    return _run_one(*job[1:], on_step=on_step)
+
+
 def _in_worker(job: tuple[Any, ...]) -> dict[str, Any]:
     torch.set_num_threads(1)  # one thread per run: parallel runs share the cores without oversubscription
     quiet_libraries()  # a spawned process starts with the libraries' defaults
-    if job[0] == "warm_start":
-        return _warm_start(*job[1:])
-    return _run_one(*job[1:])
+    return _execute(job)
 
 
 def run_bench(
@@ -155,12 +160,10 @@ def run_bench(
 
     if jobs <= 1:
         for job in jobs_list:
-            if job[0] == "warm_start":
-                collect(job, _warm_start(*job[1:]))
-            else:
-                name, seed = job[3], job[4]
-                step = None if on_step is None else (lambda m, n=name, s=seed: on_step(n, s, m))
-                collect(job, _run_one(*job[1:], on_step=step))
+            step = None
+            if on_step is not None and job[0] == "run":
+                step = lambda m, n=job[3], s=job[4]: on_step(n, s, m)
+            collect(job, _execute(job, step))
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
