@@ -44,15 +44,25 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
     data = args.data or (default_spider_dir() if args.benchmark == "spider" else None)
     if data is None:
         raise DataError("--data is required for --benchmark bird (the folder holding dev.json and dev_databases/)")
-    benchmark = load_benchmark(args.benchmark, data)
+    if args.gold:
+        from finestep.data.gold import load_gold
+
+        benchmark = load_gold(args.gold, args.benchmark, data)
+    else:
+        benchmark = load_benchmark(args.benchmark, data)
     predictions = read_predictions(args.predictions, benchmark.tasks, args.format)
     metric = args.metric or args.benchmark
+    if args.keep_distinct and metric != "spider":
+        raise DataError("--keep-distinct is an option of --metric spider (test-suite-sql-eval's --keep_distinct)")
     limits = SandboxLimits(**{**EVAL_LIMITS.__dict__, "timeout_s": args.timeout})
+    workers = args.workers if args.workers == "auto" else int(args.workers)
+    given = sum(1 for t in benchmark.available if predictions[t.index] is not None)
     with _progress(console) as progress:
-        bar = progress.add_task("scoring", total=len(benchmark.available))
+        bar = progress.add_task("scoring", total=given)
         report = score_predictions(
-            benchmark, predictions, metric, limits, args.workers, on_progress=lambda n: progress.update(bar, completed=n)
-        )
+            benchmark, predictions, metric, limits, workers, on_progress=lambda n: progress.update(bar, completed=n),
+            keep_distinct=args.keep_distinct,
+        )  # fmt: skip
     print_eval_report(report, console, args.by)
     if args.out:
         atomic_write_json(args.out, report.to_json())
@@ -370,6 +380,14 @@ def _add_agent_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
 
 
+def _workers_arg(text: str) -> str | int:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(
@@ -388,9 +406,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", type=Path, help="benchmark folder (Spider: default $FINESTEP_SPIDER_DIR or ../shared/data/spider)")
     ev.add_argument("--predictions", type=Path, required=True, help="one SQL per line, BIRD's JSON dict, or JSONL {id, sql}")
     ev.add_argument("--format", choices=["lines", "bird", "jsonl"], help="predictions format (default: detected)")
-    ev.add_argument("--metric", choices=["bird", "spider"], help="result equivalence (default: the benchmark's own)")
+    ev.add_argument("--metric", choices=["bird", "spider"],
+                    help="the official scorer to reproduce: spider = test-suite-sql-eval, bird = BIRD's "
+                    "evaluation_ex.py (default: the benchmark's own)")
+    ev.add_argument("--keep-distinct", action="store_true",
+                    help="spider metric: keep DISTINCT (test-suite-sql-eval --keep_distinct, the semantically "
+                    "faithful variant); by default DISTINCT is removed from both queries, as published numbers do")
+    ev.add_argument("--gold", type=Path, help="score against this gold file (SQL<TAB>db_id lines, or BIRD's JSON "
+                    "list) instead of the benchmark's dev split; databases still come from --data")
     ev.add_argument("--out", type=Path, help="write the full report (per question) as JSON here")
-    ev.add_argument("--workers", type=int, help="processes executing queries (default: all usable cores)")
+    ev.add_argument("--workers", default="auto", type=_workers_arg,
+                    help="processes executing queries: a number, or auto (default: one process, moving to every "
+                    "core once the remaining work is projected to take over a second)")
     ev.add_argument("--timeout", type=float, default=30.0, help="seconds per query (default 30, as BIRD)")
     ev.add_argument("--by", choices=["auto", "difficulty", "database"], default="auto", help="table breakdown")
     ev.set_defaults(handler=_cmd_eval)

@@ -75,3 +75,36 @@ def test_eval_cli_on_spider_gold_file(spider: Path, tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert (result["ex"], result["n_scored"], result["n_unavailable"]) == (100.0, 972, 62)
     assert [q["index"] for q in result["per_question"]] == list(range(1034))
+
+
+def test_eval_cli_with_own_gold_files(spider: Path, tmp_path: Path) -> None:
+    # Three Spider gold lines (the second on a database that is not shipped), predictions for two of them.
+    gold = tmp_path / "gold.sql"
+    gold.write_text("SELECT count(*) FROM singer\tconcert_singer\n\nSELECT 1\twta_1\nSELECT name FROM pets\tpets_1\n")
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"id": 0, "sql": "SELECT 6"}\n{"id": "2", "sql": "SELECT 1"}\n')
+    out = tmp_path / "r.json"
+    argv = ["eval", "--benchmark", "spider", "--data", str(spider), "--gold", str(gold), "--predictions", str(preds)]
+    assert main([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [(q["db_id"], q["correct"]) for q in result["per_question"]] == [
+        ("concert_singer", True), ("wta_1", None), ("pets_1", False)
+    ]  # fmt: skip
+    assert (result["n_scored"], result["n_missing"], result["n_unavailable"], result["ex"]) == (2, 0, 1, 50.0)
+    gold.write_text("SELECT 1\n")
+    assert main(argv) == 2
+
+
+def test_eval_cli_with_bird_json_gold(tmp_path: Path) -> None:
+    data = write_bird(tmp_path / "bird")
+    own = tmp_path / "mine.json"
+    own.write_text(json.dumps([{"question_id": 70, "db_id": "league", "question": "Empty?", "SQL":
+                                "SELECT name FROM player WHERE goals > 99", "difficulty": "simple"}]))  # fmt: skip
+    preds = tmp_path / "predict_dev.json"
+    preds.write_text(json.dumps({"0": None}))  # BIRD runs an empty query: no rows, as the gold
+    out = tmp_path / "r.json"
+    argv = ["eval", "--benchmark", "bird", "--data", str(data), "--gold", str(own), "--predictions", str(preds)]
+    assert main([*argv, "--out", str(out), "--workers", "2"]) == 0
+    result = json.loads(out.read_text())
+    assert (result["ex"], result["n_scored"], result["per_question"][0]["id"]) == (100.0, 1, "70")
+    assert result["variant"] == "BIRD evaluation_ex.py"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from finestep.data.task import Benchmark, DataError, Task, read_json, require_field
 
-__all__ = ["BIRD_LEVELS", "load_bird"]
+__all__ = ["BIRD_LEVELS", "find_databases", "load_bird"]
 
 BIRD_LEVELS = ("simple", "moderate", "challenging")
 _SPLIT_FILES = ("dev.json", "mini_dev_sqlite.json")
@@ -20,17 +20,19 @@ def _find_split(data_dir: Path) -> Path:
     raise DataError(f"{data_dir}: no BIRD question file; expected one of {', '.join(_SPLIT_FILES)}")
 
 
-def _find_databases(data_dir: Path) -> Path:
+def find_databases(data_dir: Path) -> Path:
+    """The folder of BIRD's databases inside ``data_dir`` (``dev_databases/`` or another usual name)."""
     for name in _DATABASE_DIRS:
         if (data_dir / name).is_dir():
             return data_dir / name
     return data_dir / _DATABASE_DIRS[0]  # absent: every question is reported unavailable
 
 
-def load_bird(data_dir: str | Path, split_file: str | None = None) -> Benchmark:
+def load_bird(data_dir: str | Path, split_file: str | None = None, databases: Path | None = None) -> Benchmark:
     """Load BIRD questions from ``data_dir`` (or the JSON file ``split_file`` inside it).
 
-    Databases are looked up as ``<dir>/<db_id>/<db_id>.sqlite`` under ``dev_databases/`` (or ``databases/``).
+    Databases are looked up as ``<dir>/<db_id>/<db_id>.sqlite`` under ``databases`` if given, else under
+    ``dev_databases/`` (or ``databases/``) of ``data_dir``.
     """
     data_dir = Path(data_dir)
     if data_dir.is_file():
@@ -38,7 +40,7 @@ def load_bird(data_dir: str | Path, split_file: str | None = None) -> Benchmark:
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: BIRD directory not found")
     path = data_dir / split_file if split_file else _find_split(data_dir)
-    databases = _find_databases(data_dir)
+    databases = databases or find_databases(data_dir)
     entries = read_json(path)
     if not isinstance(entries, list):
         raise DataError(f"{path}: expected a JSON list of questions, got {type(entries).__name__}")

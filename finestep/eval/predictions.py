@@ -5,10 +5,11 @@ Three formats, detected from the content:
 - **lines** (Spider): one SQL per line, line ``i`` answering question ``i``. Windows line ends, trailing ``;`` and
   tabs inside a query are kept within their line; a line ending in ``<TAB>db_id`` (the gold-file layout) has
   that suffix removed when it names the question's database. An empty line is an empty prediction.
-- **bird**: BIRD's JSON object ``{"0": "SQL\\t----- bird -----\\tdb_id", ...}`` keyed by question position.
+- **bird**: BIRD's JSON object ``{"0": "SQL\\t----- bird -----\\tdb_id", ...}`` keyed by question position; a
+  ``null`` value is an empty prediction (BIRD's script runs an empty query for it).
 - **jsonl**: one ``{"id": ..., "sql": ...}`` object per line; ``id`` is the task id or its 0-based position.
 
-A question without a prediction gets ``None``; it is scored as wrong with the error "no prediction".
+A question without a prediction gets ``None``: it is not scored, and reported as missing.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ def _read_bird(path: Path, text: str, tasks: list[Task]) -> list[str | None]:
     for key, value in entries.items():
         if not key.isdigit() or int(key) >= len(tasks):
             raise DataError(f"{path}: key {key!r} is not a question position 0..{len(tasks) - 1}")
+        if value is None:  # BIRD's script runs the empty query " " for a value that is not a string
+            predictions[int(key)] = ""
+            continue
         if not isinstance(value, str):
             raise DataError(f"{path}: key {key!r}: expected a string, got {type(value).__name__}")
         sql, sep, db_id = value.partition(BIRD_SEPARATOR)

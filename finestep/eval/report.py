@@ -21,7 +21,7 @@ def print_eval_report(report: EvalReport, console: Console, by: str = "auto") ->
     key = "difficulty" if by == "difficulty" else "db_id"
     groups = report.breakdown(key)
     names = sorted(groups, key=lambda n: (_LEVEL_ORDER.get(n, len(_LEVEL_ORDER)), n))
-    table = Table(title=f"{report.benchmark} EX ({report.metric} metric)")
+    table = Table(title=f"{report.benchmark} EX, {report.metric} metric: {report.variant or report.metric}")
     table.add_column(by)
     table.add_column("questions", justify="right")
     table.add_column("EX %", justify="right")
@@ -30,7 +30,13 @@ def print_eval_report(report: EvalReport, console: Console, by: str = "auto") ->
     table.add_section()
     table.add_row("[bold]all[/bold]", f"[bold]{len(report.scored)}[/bold]", f"[bold]{report.ex:.1f}[/bold]")
     console.print(table)
-    unavailable = len(report.scores) - len(report.scored)
+    missing = len(report.missing)
+    if missing:
+        console.print(
+            f"[yellow]{missing} question{'s' if missing != 1 else ''} without a prediction: not scored (EX is over "
+            f"the {len(report.scored)} questions given)[/yellow]"
+        )
+    unavailable = len(report.scores) - len(report.scored) - missing
     if unavailable:
         console.print(
             f"{unavailable} question{'s' if unavailable != 1 else ''} unavailable "

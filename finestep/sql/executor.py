@@ -143,6 +143,11 @@ def _decode_text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
+def _drop_undecodable(raw: bytes) -> str:
+    # test-suite-sql-eval's text factory: bytes that are not UTF-8 are left out.
+    return raw.decode("utf-8", errors="ignore")
+
+
 def _readonly_uri(db_path: str | os.PathLike[str]) -> str:
     return "file:" + urllib.request.pathname2url(os.path.abspath(db_path)) + "?mode=ro"
 
@@ -224,8 +229,9 @@ def _fetch_capped(cursor: sqlite3.Cursor, limits: SandboxLimits) -> tuple[list[t
             nbytes += row_size
 
 
-def _run(conn: sqlite3.Connection, sql: str, limits: SandboxLimits) -> ExecutionResult:
-    """One query on an open sandbox connection, within its own deadline."""
+def _run(conn: sqlite3.Connection, sql: str, limits: SandboxLimits, verbatim: bool = False,
+         text_errors: str = "replace") -> ExecutionResult:
+    """One query on an open sandbox connection, within its own deadline (see :func:`execute_on`)."""
     start = time.perf_counter()
 
     def failed(kind: str, message: str) -> ExecutionResult:
@@ -233,9 +239,10 @@ def _run(conn: sqlite3.Connection, sql: str, limits: SandboxLimits) -> Execution
 
     if not isinstance(sql, str):
         return failed(ErrorKind.EMPTY, f"expected SQL text, got {type(sql).__name__}")
-    sql = _strip_sql(sql)
-    if not sql:
-        return failed(ErrorKind.EMPTY, "empty SQL")
+    if not verbatim:
+        sql = _strip_sql(sql)
+        if not sql:
+            return failed(ErrorKind.EMPTY, "empty SQL")
     if len(sql) > limits.max_sql_chars:
         return failed(ErrorKind.TOO_LARGE, f"SQL text has {len(sql)} characters, limit {limits.max_sql_chars}")
 
@@ -265,10 +272,10 @@ def _run(conn: sqlite3.Connection, sql: str, limits: SandboxLimits) -> Execution
                 nbytes=nbytes,
             )
         except (sqlite3.Error, MemoryError, OverflowError, ValueError) as exc:
-            if attempt == 0 and "could not decode" in str(exc).lower():
+            if attempt == 0 and text_errors != "strict" and "could not decode" in str(exc).lower():
                 # Text that is not UTF-8: decode it leniently and run again (SQLite's own decoding is much
                 # faster, so it is kept for the common case).
-                conn.text_factory = _decode_text
+                conn.text_factory = _decode_text if text_errors == "replace" else _drop_undecodable
                 continue
             kind = _classify(exc, timed_out)
             message = f"query exceeded the {limits.timeout_s:g} s time limit" if kind == ErrorKind.TIMEOUT else str(exc)
@@ -280,14 +287,26 @@ def _run(conn: sqlite3.Connection, sql: str, limits: SandboxLimits) -> Execution
 
 
 def execute_on(
-    db_path: str | os.PathLike[str], queries: Sequence[str], limits: SandboxLimits | None = None
+    db_path: str | os.PathLike[str],
+    queries: Sequence[str],
+    limits: SandboxLimits | None = None,
+    verbatim: bool = False,
+    text_errors: str = "replace",
 ) -> list[ExecutionResult]:
     """Run several queries one after the other on one read-only connection to ``db_path``.
 
     Each query has its own time limit and caps, exactly as with :func:`execute`; sharing the connection saves
     opening the file and reading its schema again (evaluation runs a prediction and its gold query this way).
     The connection is closed before returning, whatever happened.
+
+    ``verbatim=True`` runs the text exactly as Python's ``sqlite3`` would, as the official scorers do: trailing
+    semicolons are not stripped (``SELECT 1;;`` is two statements) and an empty or comment-only text gives an
+    empty result instead of an ``empty`` error. ``text_errors`` says what happens to stored text that is not
+    UTF-8: ``replace`` (U+FFFD, the default), ``ignore`` (dropped, as test-suite-sql-eval) or ``strict`` (the
+    query fails, as BIRD's scorer, whose plain connection cannot decode it).
     """
+    if text_errors not in ("replace", "ignore", "strict"):
+        raise ValueError(f"text_errors must be replace, ignore or strict, got {text_errors!r}")
     limits = limits or SandboxLimits()
     start = time.perf_counter()
     try:
@@ -297,7 +316,7 @@ def execute_on(
         message = str(exc) if isinstance(exc, FileNotFoundError) else f"cannot open database: {exc}"
         return [ExecutionResult(error_kind=kind, error=message, elapsed_s=time.perf_counter() - start)] * len(queries)
     try:
-        return [_run(conn, sql, limits) for sql in queries]
+        return [_run(conn, sql, limits, verbatim, text_errors) for sql in queries]
     finally:
         conn.close()
 
