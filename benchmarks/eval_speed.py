@@ -19,6 +19,10 @@ Four variants run over the same pairs:
   are collected in question order.
 - ``ours, N processes``: ``score_predictions(..., workers=N)``, a forkserver process pool with N processes, as
   many as the classic pool has. Target: faster than the classic pool on the same cores.
+- ``ours, --workers auto``: the default, which starts in one process and moves to a pool only when the
+  projected remaining work exceeds a second (on Spider it should stay in one process).
+- ``ours, spider metric, 1 process``: test-suite-sql-eval's rules (DISTINCT removal and the other rewrites,
+  the quick check, column permutations) instead of BIRD's set comparison.
 
 Machine noise should hit all variants alike, so every repeat runs all four in turn. The table shows the
 median and the minimum over the repeats, and the JSON file (written atomically) also holds every single
@@ -137,9 +141,9 @@ def classic_pool(pairs: list[Pair], workers: int) -> int:
 # --- ours --------------------------------------------------------------------------------------------------
 
 
-def ours(benchmark: Benchmark, predictions: list[str | None], workers: int) -> int:
+def ours(benchmark: Benchmark, predictions: list[str | None], workers: int | str, metric: str = "bird") -> int:
     """Correct answers counted by finestep's scorer (the read-only sandbox) over ``workers`` processes."""
-    report = score_predictions(benchmark, predictions, metric="bird", limits=EVAL_LIMITS, workers=workers)
+    report = score_predictions(benchmark, predictions, metric=metric, limits=EVAL_LIMITS, workers=workers)
     return sum(bool(s.correct) for s in report.scored)
 
 
@@ -202,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         "ours_1": ("ours, 1 process", lambda: ours(benchmark, predictions, 1)),
         "classic_pool": (f"(b) classic, {args.workers} proc", lambda: classic_pool(pairs, args.workers)),
         "ours_pool": (f"ours, {args.workers} proc", lambda: ours(benchmark, predictions, args.workers)),
+        "ours_auto": ("ours, --workers auto", lambda: ours(benchmark, predictions, "auto")),
+        "ours_spider_1": ("ours, spider metric, 1 proc", lambda: ours(benchmark, predictions, 1, "spider")),
     }
     console.print(f"{n} questions, {args.repeats} repeats, {args.workers} workers, {os.cpu_count()} CPUs")
     plain_loop(pairs)  # warm the page cache

@@ -161,27 +161,68 @@ def _agent_rollout_config(args: argparse.Namespace) -> object:
     )  # fmt: skip
 
 
+def _sampling_config(args: argparse.Namespace) -> object:
+    """The rollout settings of ``--samples``: the agent options, with temperature and top_p from ``--config``'s
+    ``rollout`` section (RolloutConfig's defaults without one) unless ``--sample-temperature`` is given."""
+    from dataclasses import replace
+
+    from finestep.agent.rollout import RolloutConfig
+
+    sampling = RolloutConfig()
+    if args.config is not None:
+        from finestep.train.config import load_train_config
+
+        sampling = load_train_config(args.config, []).rollout
+    temperature = args.sample_temperature if args.sample_temperature is not None else sampling.temperature
+    if temperature <= 0:
+        raise ValueError(f"--samples needs a sampling temperature above 0, got {temperature}")
+    return replace(_agent_rollout_config(args), group_size=args.samples, temperature=temperature,
+                   top_p=sampling.top_p)  # fmt: skip
+
+
 def _cmd_agent_eval(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
     from finestep.data import load_benchmark
-    from finestep.eval.agent import run_agent_eval
+    from finestep.eval.agent import run_agent_eval, run_sampled_eval
     from finestep.eval.report import print_eval_report
 
     data = args.data or (default_spider_dir() if args.benchmark == "spider" else None)
     if data is None:
         raise DataError("--data is required for --benchmark bird")
+    if args.samples < 0:
+        raise ValueError(f"--samples must be >= 0, got {args.samples}")
     benchmark = load_benchmark(args.benchmark, data)
+    sampling = _sampling_config(args) if args.samples else None
     generator, protocol, _ = _load_agent(args.model, args.protocol, args.device)
-    with _progress(console) as progress:
-        bar = progress.add_task("agent episodes", total=min(len(benchmark.available), args.limit or 10**9))
-        report, efficiency = run_agent_eval(
-            benchmark, generator, protocol, _agent_rollout_config(args), args.out, args.batch_tasks, args.limit,
-            on_progress=lambda done, total: progress.update(bar, completed=done),
-        )  # fmt: skip
-    print_eval_report(report, console, "auto")
-    console.print(
-        "efficiency: " + "  ".join(f"{k} {v:.3f}" for k, v in efficiency.items()) + f"\nwrote {args.out}/",
-        highlight=False,
-    )
+    total = min(len(benchmark.available), args.limit or 10**9)
+    summary = Table(title=f"{benchmark.name} EX over {total} questions")
+    summary.add_column("answer")
+    summary.add_column("EX %", justify="right")
+    if args.greedy or not args.samples:
+        with _progress(console) as progress:
+            bar = progress.add_task("greedy episodes", total=total)
+            report, efficiency = run_agent_eval(
+                benchmark, generator, protocol, _agent_rollout_config(args), args.out, args.batch_tasks, args.limit,
+                on_progress=lambda done, total: progress.update(bar, completed=done),
+            )  # fmt: skip
+        print_eval_report(report, console, "auto")
+        console.print("efficiency: " + "  ".join(f"{k} {v:.3f}" for k, v in efficiency.items()), highlight=False)
+        summary.add_row("greedy", f"{report.ex:.1f}")
+    if sampling is not None:
+        with _progress(console) as progress:
+            bar = progress.add_task(f"{args.samples} sampled episodes per question", total=total)
+            sampled = run_sampled_eval(
+                benchmark, generator, protocol, sampling, args.out, args.batch_tasks, args.limit,
+                on_progress=lambda done, total: progress.update(bar, completed=done),
+            )  # fmt: skip
+        summary.add_row(f"majority vote of {args.samples} (T={sampled.temperature:g})", f"{sampled.majority.ex:.1f}")
+        for k, value in sampled.pass_at_k.items():
+            summary.add_row(f"pass@{k}", f"{value:.1f}")
+        console.print(summary)
+        console.print("efficiency per sample: " + "  ".join(f"{k} {v:.3f}" for k, v in sampled.efficiency.items()),
+                      highlight=False)  # fmt: skip
+    console.print(f"wrote {args.out}/")
     return 0
 
 
@@ -482,6 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--out", type=Path, default=Path("runs/agent-eval"), help="output folder")
     ae.add_argument("--limit", type=int, help="only the first N available tasks")
     ae.add_argument("--batch-tasks", type=int, default=16, help="tasks rolled out together (default 16)")
+    ae.add_argument("--samples", type=int, default=0, metavar="K",
+                    help="also sample K episodes per question: majority-vote EX, pass@k and efficiency per sample "
+                    "(sampled_metrics.json, majority/ predictions); greedy only when --greedy is given too")
+    ae.add_argument("--greedy", action="store_true", help="with --samples: run the greedy episodes as well")
+    ae.add_argument("--config", type=Path, help="RL config whose rollout.temperature and rollout.top_p the samples "
+                    "use (default: temperature 1.0, top_p 1.0)")
+    ae.add_argument("--sample-temperature", type=float, help="the samples' temperature (overrides --config)")
     ae.set_defaults(handler=_cmd_agent_eval)
 
     ak = commands.add_parser(

@@ -91,6 +91,35 @@ def test_sft_agent_eval_and_ask_end_to_end(spider: Path, tiny: Path, tmp_path: P
     assert metrics["n_scored"] == 3 and 0.0 <= metrics["ex"] <= 100.0 and "tool_calls" in metrics["efficiency"]
     assert len((out / "predictions.sql").read_text().splitlines()) == 3
     assert len((out / "trajectories.jsonl").read_text().splitlines()) == 3
+    assert main(["agent-eval", "--model", str(model), "--benchmark", "spider", "--data", str(spider), "--limit", "2",
+                 "--max-new-tokens", "8", "--max-turns", "1", "--out", str(out), "--samples", "3", "--greedy",
+                 "--sample-temperature", "0.8"]) == 0  # fmt: skip
+    sampled = json.loads((out / "sampled_metrics.json").read_text())
+    assert sampled["samples"] == 3 and set(sampled["pass_at_k"]) == {"1", "2", "3"}
+    assert len((out / "majority" / "predictions.sql").read_text().splitlines()) == 2
+    assert json.loads((out / "metrics.json").read_text())["n_scored"] == 2  # the greedy run, asked with --greedy
     db = spider / "database" / "concert_singer" / "concert_singer.sqlite"
     assert main(["ask", "--model", str(model), "--db", str(db), "How many singers?", "--max-new-tokens", "8",
                  "--max-turns", "1"]) in (0, 1)  # fmt: skip
+
+
+def test_sampled_eval_majority_vote_and_pass_at_k(spider: Path, tiny: Path, tmp_path: Path) -> None:
+    from finestep.eval.agent import run_sampled_eval
+
+    bench = load_spider(spider)  # questions 0 and 1: "SELECT count(*) FROM singer" = 6 on concert_singer
+    answers = [
+        ["SELECT 7", "SELECT count(*) FROM singer", "SELECT 7", None],  # vote: 7 (wrong); 1 of 4 right
+        ["SELECT count(*) FROM singer", "SELECT 7", "SELECT 6", "SELECT nope FROM x"],  # vote: 6; 2 of 4 right
+    ]
+    script = lambda i, t, c: f"<solution>{answers[i // 4][i % 4]}</solution>" if answers[i // 4][i % 4] else "hm"
+    generator = ScriptedGenerator(load_tokenizer(tiny), script)
+    config = RolloutConfig(group_size=4, max_turns=1, max_new_tokens=64, max_total_tokens=2000, temperature=0.7)
+    result = run_sampled_eval(bench, generator, get_protocol("tags"), config, tmp_path, batch_tasks=2, limit=2)
+    assert result.majority.ex == 50.0 and [s.correct for s in result.majority.scores] == [False, True]
+    assert result.pass_at_k == pytest.approx({1: 37.5, 2: 100 * (0.5 + 5 / 6) / 2, 4: 100.0})
+    assert result.sample_ex == [50.0, 50.0, 50.0, 0.0]
+    assert result.efficiency["format_failure_rate"] == pytest.approx(1 / 8)
+    assert (tmp_path / "majority" / "predictions.sql").read_text() == "SELECT 7\nSELECT count(*) FROM singer\n"
+    saved = json.loads((tmp_path / "sampled_metrics.json").read_text())
+    assert saved["majority_ex"] == 50.0 and saved["pass_at_k"]["4"] == 100.0 and saved["temperature"] == 0.7
+    assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 8
