@@ -117,6 +117,9 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
         f"run {run_dir}: {len(trainer.train_tasks)} training tasks, {len(trainer.eval_tasks)} held-out; "
         f"estimator {config.credit.estimator}; starting at step {trainer.step} of {config.trainer.max_steps}"
     )
+    if trainer.gold_check is not None:
+        dropped = "left out of training" if config.data.drop_empty_gold else "kept (data.drop_empty_gold=false)"
+        console.print(f"training data: {trainer.gold_check.summary()}; {dropped}", highlight=False)
     with _progress(console) as progress:
         bar = progress.add_task("training", total=config.trainer.max_steps, completed=trainer.step)
 

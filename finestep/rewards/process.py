@@ -106,7 +106,8 @@ def _matches_gold(step: RewardStep, ctx: RuleContext) -> bool:
 
 @process_rule("progress")
 def progress(t: int, ctx: RuleContext, cfg: ProcessConfig) -> float:
-    if not _matches_gold(ctx.steps[t], ctx):
+    # An empty result "matches" an empty gold result without having found anything: never a progress signal.
+    if not _matches_gold(ctx.steps[t], ctx) or not ctx.steps[t].result.rows:
         return 0.0
     return 0.0 if any(_matches_gold(ctx.steps[k], ctx) for k in range(t)) else cfg.progress
 

@@ -82,6 +82,8 @@ class DataConfig:
     max_eval_tasks: int | None = 32
     eval_split: str = "test"  # sqlworld: the split evaluated (test: unseen databases; heldout or valid: new
     # questions on the training databases)
+    drop_empty_gold: bool = True  # spider/bird: leave out of training the tasks whose gold query returns no rows
+    # or fails (an empty answer would earn full reward); held-out tasks are never dropped
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from finestep.data import load_benchmark
+from finestep.data.hygiene import GoldCheck, check_gold
 from finestep.data.task import DataError, Task
 from finestep.train.config import DataConfig
 
-__all__ = ["TaskSampler", "load_task_split"]
+__all__ = ["TaskData", "TaskSampler", "load_task_data", "load_task_split"]
+
+
+@dataclass
+class TaskData:
+    """Training and held-out tasks, and what the gold check found (``None`` for SQLWorld, whose gold queries
+    are verified when the world is built)."""
+
+    train: list[Task]
+    evaluation: list[Task]
+    gold_check: GoldCheck | None = None
 
 
 def _data_path(config: DataConfig) -> Path:
@@ -24,10 +36,38 @@ def _data_path(config: DataConfig) -> Path:
 
 
 def load_task_split(config: DataConfig) -> tuple[list[Task], list[Task]]:
+    """``(train, evaluation)`` of :func:`load_task_data`."""
+    data = load_task_data(config)
+    return data.train, data.evaluation
+
+
+def _checked_training_tasks(candidates: list[Task], config: DataConfig) -> tuple[list[Task], GoldCheck]:
+    """The training tasks (at most ``max_train_tasks``), without those whose gold result is empty or fails when
+    ``drop_empty_gold``; gold queries are checked in order, only as far as needed."""
+    wanted = config.max_train_tasks if config.max_train_tasks is not None else len(candidates)
+    check = GoldCheck()
+    kept: list[Task] = []
+    position = 0
+    while len(kept) < wanted and position < len(candidates):
+        batch = candidates[position : position + max(1, wanted - len(kept))]
+        position += len(batch)
+        found = check_gold(batch)
+        check.usable += found.usable
+        check.empty += found.empty
+        check.failing += found.failing
+        usable = {t.index for t in found.usable}
+        kept += [t for t in batch if t.index in usable or not config.drop_empty_gold]
+    return kept[:wanted], check
+
+
+def load_task_data(config: DataConfig) -> TaskData:
     """Available tasks split by database: the first ``eval_databases`` databases (sorted) are held out.
 
-    A SQLWorld world (``benchmark: sqlworld``, ``path``: its folder) keeps its own splits; ``eval_split`` names
-    the evaluated one (``test``: unseen databases; ``valid`` or ``heldout``: new questions on training databases).
+    Spider and BIRD training tasks have their gold query checked (:mod:`finestep.data.hygiene`); with
+    ``data.drop_empty_gold`` those whose gold result is empty or fails are left out of training. Held-out tasks
+    are never dropped. A SQLWorld world (``benchmark: sqlworld``, ``path``: its folder) keeps its own splits;
+    ``eval_split`` names the evaluated one (``test``: unseen databases; ``valid`` or ``heldout``: new questions
+    on training databases).
     """
     if config.benchmark == "sqlworld":
         from finestep.data.sqlworld import SPLITS, load_world
@@ -41,7 +81,7 @@ def load_task_split(config: DataConfig) -> tuple[list[Task], list[Task]]:
         if not evaluation:
             raise DataError(f"data.eval_split: the world at {config.path} has no {config.eval_split!r} questions "
                             "(build it with valid_per_db / heldout_per_db)")
-        return world.train[: config.max_train_tasks], evaluation[: config.max_eval_tasks]
+        return TaskData(world.train[: config.max_train_tasks], evaluation[: config.max_eval_tasks])
     benchmark = load_benchmark(config.benchmark, _data_path(config))
     tasks = benchmark.available
     databases = sorted({t.db_id for t in tasks})
@@ -51,11 +91,11 @@ def load_task_split(config: DataConfig) -> tuple[list[Task], list[Task]]:
             f"{len(databases)} for training"
         )
     held_out = set(databases[: config.eval_databases])
-    train = [t for t in tasks if t.db_id not in held_out][: config.max_train_tasks]
+    train, check = _checked_training_tasks([t for t in tasks if t.db_id not in held_out], config)
     evaluation = [t for t in tasks if t.db_id in held_out][: config.max_eval_tasks]
     if not train:
-        raise DataError("data: no training tasks (check data.path and data.max_train_tasks)")
-    return train, evaluation
+        raise DataError("data: no training tasks (check data.path, data.max_train_tasks and data.drop_empty_gold)")
+    return TaskData(train, evaluation, check)
 
 
 class TaskSampler:

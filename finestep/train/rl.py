@@ -35,7 +35,7 @@ from finestep.train.checkpoint import (
     save_checkpoint,
 )
 from finestep.train.config import TrainConfig, save_train_config
-from finestep.train.data import TaskSampler, load_task_split
+from finestep.train.data import TaskSampler, load_task_data
 from finestep.train.logging import MetricsLog
 from finestep.train.update import policy_update
 
@@ -91,7 +91,8 @@ class RLTrainer:
         self.device = _device(config.trainer.device)
         torch.manual_seed(config.trainer.seed)
         np.random.seed(config.trainer.seed)
-        self.train_tasks, self.eval_tasks = load_task_split(config.data)
+        data = load_task_data(config.data)
+        self.train_tasks, self.eval_tasks, self.gold_check = data.train, data.evaluation, data.gold_check
         checkpoint = latest_checkpoint(self.run_dir) if resume else None
         if resume and checkpoint is None:
             raise FileNotFoundError(f"{self.run_dir}: no checkpoint to resume from (checkpoints/latest)")

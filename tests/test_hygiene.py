@@ -1,0 +1,46 @@
+"""Training-data hygiene: gold queries with empty or failing results are counted, reported and kept out of RL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finestep.data.hygiene import check_gold
+from finestep.data.task import Task
+from finestep.rewards import ProcessConfig, RewardStep, process_rewards
+from finestep.sql.executor import execute
+from finestep.sql.schema import schema_columns
+from finestep.train.config import DataConfig
+from finestep.train.data import load_task_data, load_task_split
+
+
+def test_check_gold_sorts_usable_empty_and_failing(db: Path) -> None:
+    golds = ["SELECT name FROM player", "SELECT name FROM player WHERE goals > 99", "SELECT nope FROM player",
+             "SELECT 1 WHERE 0"]  # fmt: skip
+    tasks = [Task(id=f"t{i}", index=i, question="q", db_id="league", db_path=db, gold_sql=g) for i, g in enumerate(golds)]
+    check = check_gold(tasks)
+    assert [t.id for t in check.usable] == ["t0"]
+    assert [t.id for t in check.empty] == ["t1", "t3"] and [t.id for t in check.failing] == ["t2"]
+    assert check.summary() == "4 gold queries checked: 2 return no rows (ids t1, t3), 1 fail (ids t2)"
+
+
+def test_progress_never_fires_on_an_empty_result(db: Path) -> None:
+    gold_sql = "SELECT name FROM player WHERE goals > 99"  # no rows
+    steps = [RewardStep("sql", sql, execute(db, sql)) for sql in ("SELECT name FROM team WHERE id > 9",)]
+    (rules,) = process_rewards(steps, ProcessConfig(), schema_columns(db), execute(db, gold_sql).rows, gold_sql)
+    assert rules["progress"] == 0.0 and rules["executes"] == 0.1  # the empty result matches the gold, yet no progress
+
+
+def test_training_split_drops_empty_gold_and_evaluation_keeps_it(spider: Path) -> None:
+    # Spider dev, training databases in file order: questions 45.. ; 59 and 60 (pets_1, cat-and-dog owners via
+    # INTERSECT) return no rows.
+    config = DataConfig(benchmark="spider", path=str(spider), max_train_tasks=20)
+    data = load_task_data(config)
+    assert [t.index for t in data.train] == [*range(45, 59), *range(61, 67)]
+    assert data.gold_check.summary() == "22 gold queries checked: 2 return no rows (ids 59, 60), 0 fail"
+    kept = load_task_data(DataConfig(benchmark="spider", path=str(spider), max_train_tasks=20, drop_empty_gold=False))
+    assert [t.index for t in kept.train] == list(range(45, 65))
+    assert kept.gold_check.summary() == "20 gold queries checked: 2 return no rows (ids 59, 60), 0 fail"
+    full = load_task_data(DataConfig(benchmark="spider", path=str(spider), max_eval_tasks=None))
+    assert (len(full.train), len(full.gold_check.empty), len(full.gold_check.failing)) == (744, 45, 0)
+    train, evaluation = load_task_split(DataConfig(benchmark="spider", path=str(spider), max_eval_tasks=None))
+    assert len(train) == 744 and len(evaluation) == 972 - 789  # held-out questions are never dropped
