@@ -21,7 +21,7 @@ def print_eval_report(report: EvalReport, console: Console, by: str = "auto") ->
     key = "difficulty" if by == "difficulty" else "db_id"
     groups = report.breakdown(key)
     names = sorted(groups, key=lambda n: (_LEVEL_ORDER.get(n, len(_LEVEL_ORDER)), n))
-    table = Table(title=f"{report.benchmark} EX, {report.metric} metric: {report.variant or report.metric}")
+    table = Table(title=f"{report.benchmark} EX ({report.metric} metric)")
     table.add_column(by)
     table.add_column("questions", justify="right")
     table.add_column("EX %", justify="right")
@@ -30,6 +30,8 @@ def print_eval_report(report: EvalReport, console: Console, by: str = "auto") ->
     table.add_section()
     table.add_row("[bold]all[/bold]", f"[bold]{len(report.scored)}[/bold]", f"[bold]{report.ex:.1f}[/bold]")
     console.print(table)
+    if report.variant:
+        console.print(f"scored as {report.variant}", highlight=False)
     missing = len(report.missing)
     if missing:
         console.print(
