@@ -108,3 +108,19 @@ def test_eval_cli_with_bird_json_gold(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert (result["ex"], result["n_scored"], result["per_question"][0]["id"]) == (100.0, 1, "70")
     assert result["variant"] == "BIRD evaluation_ex.py"
+
+
+def test_workers_auto_moves_to_a_pool_when_the_work_is_long(spider: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finestep.eval import execution
+    from finestep.sql.executor import default_workers
+
+    bench = load_spider(spider)
+    golds = [t.gold_sql for t in bench.tasks]
+    small = score_predictions(bench, golds, "spider")  # all of Spider dev takes well under a second
+    assert small.workers == 1 and small.ex == 100.0
+    monkeypatch.setattr(execution, "AUTO_POOL_AFTER_S", 0.0)  # any remaining work counts as long
+    done: list[int] = []
+    pooled = score_predictions(bench, golds, "spider", on_progress=done.append)
+    assert pooled.workers == (default_workers() if default_workers() > 1 else 1)
+    assert [s.correct for s in pooled.scores] == [s.correct for s in small.scores]
+    assert done[-1] == 972 and done == sorted(done)

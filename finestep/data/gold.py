@@ -33,7 +33,9 @@ def _load_gold_lines(path: Path, text: str, benchmark: str, data_dir: Path) -> B
             continue
         fields = line.strip().split("\t")
         if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
-            raise DataError(f"{path}:{line_no}: expected 'SQL<TAB>db_id', got {len(fields)} tab-separated field(s)")
+            raise DataError(
+                f"{path}:{line_no}: expected 'SQL<TAB>db_id', got {len(fields)} tab-separated field(s)"
+            )
         sql, db_id = fields[0].strip(), fields[1].strip()
         index = len(tasks)
         tasks.append(Task(id=str(index), index=index, question="", db_id=db_id,

@@ -174,6 +174,11 @@ class EvalReport:
         }
 
 
+def _shifted(progress: Callable[[int], None] | None, offset: int) -> Callable[[int], None] | None:
+    """``progress`` counting from ``offset`` (jobs done before a pool took over)."""
+    return None if progress is None else (lambda k: progress(offset + k))
+
+
 def _run_jobs(
     jobs: list[Any], workers: int | str, progress: Callable[[int], None] | None
 ) -> tuple[list[list[tuple[bool, str | None]]], int]:
@@ -191,9 +196,8 @@ def _run_jobs(
         remaining = len(jobs) - n
         projected = (time.perf_counter() - start) / n * remaining if n else 0.0
         if cores > 1 and remaining > 1 and projected > AUTO_POOL_AFTER_S:
-            offset = len(results)
-            shifted = None if progress is None else (lambda k: progress(offset + k))
-            return results + parallel_map(score_pairs, jobs[n:], cores, shifted, chunksize=1), cores
+            rest = parallel_map(score_pairs, jobs[n:], cores, _shifted(progress, n), chunksize=1)
+            return results + rest, cores
         results.append(score_pairs(job))
         if progress is not None:
             progress(len(results))
