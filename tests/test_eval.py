@@ -110,17 +110,27 @@ def test_eval_cli_with_bird_json_gold(tmp_path: Path) -> None:
     assert result["variant"] == "BIRD evaluation_ex.py"
 
 
+def test_workers_auto_rule() -> None:
+    from finestep.eval.execution import AUTO_POOL_AFTER_S, _pool_pays
+
+    assert AUTO_POOL_AFTER_S == 1.0
+    assert _pool_pays(elapsed_s=0.5, jobs_done=10, jobs_left=100, cores=2)  # 5 s to go
+    assert not _pool_pays(elapsed_s=0.05, jobs_done=10, jobs_left=100, cores=2)  # 0.5 s to go
+    assert not _pool_pays(elapsed_s=0.5, jobs_done=10, jobs_left=100, cores=1)
+    assert not _pool_pays(elapsed_s=9.0, jobs_done=10, jobs_left=1, cores=2)  # one job left: nothing to share
+    assert not _pool_pays(elapsed_s=0.0, jobs_done=0, jobs_left=100, cores=2)  # no pace measured yet
+
+
 def test_workers_auto_moves_to_a_pool_when_the_work_is_long(spider: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from finestep.eval import execution
     from finestep.sql.executor import default_workers
 
     bench = load_spider(spider)
     golds = [t.gold_sql for t in bench.tasks]
-    small = score_predictions(bench, golds, "spider")  # all of Spider dev takes well under a second
-    assert small.workers == 1 and small.ex == 100.0
+    small = score_predictions(bench, golds, "spider", workers=1)
     monkeypatch.setattr(execution, "AUTO_POOL_AFTER_S", 0.0)  # any remaining work counts as long
     done: list[int] = []
     pooled = score_predictions(bench, golds, "spider", on_progress=done.append)
-    assert pooled.workers == (default_workers() if default_workers() > 1 else 1)
+    assert pooled.workers == default_workers()
     assert [s.correct for s in pooled.scores] == [s.correct for s in small.scores]
     assert done[-1] == 972 and done == sorted(done)

@@ -11,7 +11,7 @@ import itertools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from finestep.data.task import Benchmark, Task
@@ -79,9 +79,8 @@ def score_pairs(
     db_path, pairs, metric, limits = job
     scorer = _as_scorer(metric)
     texts = [scorer.queries(pred_sql, gold_sql) for pred_sql, gold_sql in pairs if pred_sql is not None]
-    results = iter(
-        execute_on(db_path, [q for pair in texts for q in pair], limits, verbatim=True, text_errors=scorer.text_errors)
-    )
+    as_official = replace(limits, verbatim=True, text_errors=scorer.text_errors)
+    results = iter(execute_on(db_path, [q for pair in texts for q in pair], as_official))
     executed = iter(texts)
     verdicts: list[tuple[bool, str | None]] = []
     for pred_sql, _ in pairs:
@@ -179,6 +178,15 @@ def _shifted(progress: Callable[[int], None] | None, offset: int) -> Callable[[i
     return None if progress is None else (lambda k: progress(offset + k))
 
 
+def _pool_pays(elapsed_s: float, jobs_done: int, jobs_left: int, cores: int) -> bool:
+    """Whether ``--workers auto`` hands the ``jobs_left`` remaining jobs to a pool: there is more than one core and
+    more than one job left, and they would take over :data:`AUTO_POOL_AFTER_S` at the pace of the ``jobs_done``
+    jobs that took ``elapsed_s`` seconds."""
+    if cores <= 1 or jobs_left <= 1 or jobs_done == 0:
+        return False
+    return elapsed_s / jobs_done * jobs_left > AUTO_POOL_AFTER_S
+
+
 def _run_jobs(
     jobs: list[Any], workers: int | str, progress: Callable[[int], None] | None
 ) -> tuple[list[list[tuple[bool, str | None]]], int]:
@@ -193,9 +201,7 @@ def _run_jobs(
     results: list[list[tuple[bool, str | None]]] = []
     start = time.perf_counter()
     for n, job in enumerate(jobs):
-        remaining = len(jobs) - n
-        projected = (time.perf_counter() - start) / n * remaining if n else 0.0
-        if cores > 1 and remaining > 1 and projected > AUTO_POOL_AFTER_S:
+        if _pool_pays(time.perf_counter() - start, n, len(jobs) - n, cores):
             rest = parallel_map(score_pairs, jobs[n:], cores, _shifted(progress, n), chunksize=1)
             return results + rest, cores
         results.append(score_pairs(job))

@@ -67,6 +67,12 @@ class SandboxLimits:
         max_value_bytes: SQLite's length limit: the largest string or blob a query may build.
         max_sql_chars: the longest SQL text accepted.
         progress_interval: SQLite VM instructions between deadline checks.
+        verbatim: run the text exactly as Python's ``sqlite3`` would, as the official scorers do: trailing
+            semicolons are not stripped (``SELECT 1;;`` is two statements) and an empty or comment-only text
+            gives an empty result instead of an ``empty`` error.
+        text_errors: stored text that is not UTF-8: ``replace`` (U+FFFD), ``ignore`` (the bytes are dropped, as
+            test-suite-sql-eval) or ``strict`` (the query fails, as BIRD's scorer, whose plain connection cannot
+            decode it).
     """
 
     timeout_s: float = 5.0
@@ -75,11 +81,15 @@ class SandboxLimits:
     max_value_bytes: int = 8 * 2**20
     max_sql_chars: int = 100_000
     progress_interval: int = 20_000
+    verbatim: bool = False
+    text_errors: str = "replace"
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "max_rows", "max_bytes", "max_value_bytes", "max_sql_chars", "progress_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SandboxLimits.{name} must be positive, got {getattr(self, name)!r}")
+        if self.text_errors not in ("replace", "ignore", "strict"):
+            raise ValueError(f"SandboxLimits.text_errors must be replace, ignore or strict, got {self.text_errors!r}")
 
 
 @dataclass(frozen=True)
@@ -229,9 +239,8 @@ def _fetch_capped(cursor: sqlite3.Cursor, limits: SandboxLimits) -> tuple[list[t
             nbytes += row_size
 
 
-def _run(conn: sqlite3.Connection, sql: str, limits: SandboxLimits, verbatim: bool = False,
-         text_errors: str = "replace") -> ExecutionResult:
-    """One query on an open sandbox connection, within its own deadline (see :func:`execute_on`)."""
+def _run(conn: sqlite3.Connection, sql: str, limits: SandboxLimits) -> ExecutionResult:
+    """One query on an open sandbox connection, within its own deadline."""
     start = time.perf_counter()
 
     def failed(kind: str, message: str) -> ExecutionResult:
@@ -239,7 +248,7 @@ def _run(conn: sqlite3.Connection, sql: str, limits: SandboxLimits, verbatim: bo
 
     if not isinstance(sql, str):
         return failed(ErrorKind.EMPTY, f"expected SQL text, got {type(sql).__name__}")
-    if not verbatim:
+    if not limits.verbatim:
         sql = _strip_sql(sql)
         if not sql:
             return failed(ErrorKind.EMPTY, "empty SQL")
@@ -272,10 +281,10 @@ def _run(conn: sqlite3.Connection, sql: str, limits: SandboxLimits, verbatim: bo
                 nbytes=nbytes,
             )
         except (sqlite3.Error, MemoryError, OverflowError, ValueError) as exc:
-            if attempt == 0 and text_errors != "strict" and "could not decode" in str(exc).lower():
+            if attempt == 0 and limits.text_errors != "strict" and "could not decode" in str(exc).lower():
                 # Text that is not UTF-8: decode it leniently and run again (SQLite's own decoding is much
                 # faster, so it is kept for the common case).
-                conn.text_factory = _decode_text if text_errors == "replace" else _drop_undecodable
+                conn.text_factory = _decode_text if limits.text_errors == "replace" else _drop_undecodable
                 continue
             kind = _classify(exc, timed_out)
             message = f"query exceeded the {limits.timeout_s:g} s time limit" if kind == ErrorKind.TIMEOUT else str(exc)
@@ -287,26 +296,14 @@ def _run(conn: sqlite3.Connection, sql: str, limits: SandboxLimits, verbatim: bo
 
 
 def execute_on(
-    db_path: str | os.PathLike[str],
-    queries: Sequence[str],
-    limits: SandboxLimits | None = None,
-    verbatim: bool = False,
-    text_errors: str = "replace",
+    db_path: str | os.PathLike[str], queries: Sequence[str], limits: SandboxLimits | None = None
 ) -> list[ExecutionResult]:
     """Run several queries one after the other on one read-only connection to ``db_path``.
 
     Each query has its own time limit and caps, exactly as with :func:`execute`; sharing the connection saves
     opening the file and reading its schema again (evaluation runs a prediction and its gold query this way).
     The connection is closed before returning, whatever happened.
-
-    ``verbatim=True`` runs the text exactly as Python's ``sqlite3`` would, as the official scorers do: trailing
-    semicolons are not stripped (``SELECT 1;;`` is two statements) and an empty or comment-only text gives an
-    empty result instead of an ``empty`` error. ``text_errors`` says what happens to stored text that is not
-    UTF-8: ``replace`` (U+FFFD, the default), ``ignore`` (dropped, as test-suite-sql-eval) or ``strict`` (the
-    query fails, as BIRD's scorer, whose plain connection cannot decode it).
     """
-    if text_errors not in ("replace", "ignore", "strict"):
-        raise ValueError(f"text_errors must be replace, ignore or strict, got {text_errors!r}")
     limits = limits or SandboxLimits()
     start = time.perf_counter()
     try:
@@ -316,7 +313,7 @@ def execute_on(
         message = str(exc) if isinstance(exc, FileNotFoundError) else f"cannot open database: {exc}"
         return [ExecutionResult(error_kind=kind, error=message, elapsed_s=time.perf_counter() - start)] * len(queries)
     try:
-        return [_run(conn, sql, limits, verbatim, text_errors) for sql in queries]
+        return [_run(conn, sql, limits) for sql in queries]
     finally:
         conn.close()
 
