@@ -44,3 +44,15 @@ def test_training_split_drops_empty_gold_and_evaluation_keeps_it(spider: Path) -
     assert (len(full.train), len(full.gold_check.empty), len(full.gold_check.failing)) == (744, 45, 0)
     train, evaluation = load_task_split(DataConfig(benchmark="spider", path=str(spider), max_eval_tasks=None))
     assert len(train) == 744 and len(evaluation) == 972 - 789  # held-out questions are never dropped
+
+
+def test_verl_rows_leave_out_empty_gold(spider: Path) -> None:
+    from finestep.data import load_spider
+    from finestep.integrations.verl_data import build_rows
+
+    tasks = load_spider(spider).tasks[13:16]  # 14 and 15 (stadiums of capacity 5000-10000) return no rows
+    rows, skipped = build_rows(tasks, "spider", workers=1)
+    assert [r["extra_info"]["task_id"] for r in rows] == ["13"]
+    assert skipped == {"missing_database": 0, "gold_fails": 0, "gold_empty": 2}
+    rows, skipped = build_rows(tasks, "spider", workers=1, drop_empty_gold=False)
+    assert len(rows) == 3 and skipped["gold_empty"] == 0

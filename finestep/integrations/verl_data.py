@@ -7,8 +7,9 @@ Each row holds verl's columns: ``prompt`` (the chat: FineStep's protocol instruc
 and question, as ``finestep.agent.protocol.build_messages`` writes them), ``agent_name`` (``finestep_sql``),
 ``data_source``, ``ability``, ``reward_model`` (the gold SQL, for verl's bookkeeping) and ``extra_info`` with what
 the loop needs: ``db_path`` (absolute: every node of a cluster must see the databases at that path), ``gold_sql``,
-``question``, ``evidence``, ``task_id``, ``db_id``, ``index``. Questions whose database is missing, or whose gold
-query fails in the sandbox, are left out (counted on stderr).
+``question``, ``evidence``, ``task_id``, ``db_id``, ``index``. Questions whose database is missing, whose gold
+query fails in the sandbox or returns no rows (an empty answer would earn full reward; ``--keep-empty-gold``
+keeps them), are left out (counted on stderr).
 """
 
 from __future__ import annotations
@@ -37,14 +38,18 @@ def build_rows(
     schema_max_chars: int = 12_000,
     check_gold: bool = True,
     workers: int | None = None,
+    drop_empty_gold: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """verl rows for the available tasks, and counts of the tasks left out (``missing_database``, ``gold_fails``)."""
+    """verl rows for the available tasks, and counts of the tasks left out (``missing_database``, ``gold_fails``,
+    ``gold_empty``: with ``drop_empty_gold``, those whose gold query returns no rows)."""
     available = [t for t in tasks if t.available]
-    skipped = {"missing_database": len(tasks) - len(available), "gold_fails": 0}
+    skipped = {"missing_database": len(tasks) - len(available), "gold_fails": 0, "gold_empty": 0}
     if check_gold:
         results = SqlSandbox().execute_many([(t.db_path, t.gold_sql) for t in available], workers=workers)
         skipped["gold_fails"] = sum(not r.ok for r in results)
-        available = [t for t, r in zip(available, results) if r.ok]
+        if drop_empty_gold:
+            skipped["gold_empty"] = sum(r.ok and not r.rows for r in results)
+        available = [t for t, r in zip(available, results) if r.ok and (r.rows or not drop_empty_gold)]
     schemas: dict[Path, str] = {}
     rows = []
     for index, task in enumerate(available):
@@ -79,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--schema-max-chars", type=int, default=12_000)
     parser.add_argument("--limit", type=int, default=None, help="first N questions only")
     parser.add_argument("--no-check-gold", action="store_true", help="do not run the gold queries first")
+    parser.add_argument("--keep-empty-gold", action="store_true",
+                        help="keep questions whose gold query returns no rows (left out by default)")
     args = parser.parse_args(argv)
 
     if args.benchmark == "bird":
@@ -87,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = load_spider(args.data, args.split or "dev.json")
     tasks = bench.tasks[: args.limit] if args.limit else bench.tasks
     rows, skipped = build_rows(tasks, args.benchmark, args.max_turns, args.protocol, args.schema_sample_values,
-                               args.schema_max_chars, check_gold=not args.no_check_gold)  # fmt: skip
+                               args.schema_max_chars, check_gold=not args.no_check_gold,
+                               drop_empty_gold=not args.keep_empty_gold)  # fmt: skip
     import pandas as pd  # a verl dependency
 
     out = Path(args.out)
