@@ -16,17 +16,18 @@ from typing import Any
 
 import torch
 
+from finestep.agent.expert import expert_dataset
 from finestep.agent.generators import get_generator
 from finestep.agent.protocol import ObservationFormat, get_protocol
 from finestep.agent.rollout import RolloutConfig, cached_schema, rollout
 from finestep.agent.trajectory import Trajectory
 from finestep.atomic import atomic_write_json
 from finestep.config import to_dict
-from finestep.data.sqlworld import ExpertConfig, build_world, expert_dataset, load_world, write_jsonl
+from finestep.data.sqlworld import ExpertConfig, build_world, load_world, write_jsonl
 from finestep.data.task import Task
-from finestep.eval.episodes import episode_metrics, score_episodes
+from finestep.eval.episodes import episode_metrics
 from finestep.models import build_tiny_model, load_model, load_tokenizer
-from finestep.rewards import RewardConfig
+from finestep.rewards import RewardConfig, score_episodes
 from finestep.sql.executor import SqlSandbox, execute
 from finestep.train.config import TinyModelConfig, TrainConfig, load_train_config
 from finestep.train.rl import RLTrainer

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["RULE_NAMES", "OutcomeConfig", "ProcessConfig", "RewardConfig"]
+from finestep.rewards.rules import rule_names
 
-RULE_NAMES = ("executes", "redundant", "grounded", "progress", "format")
+__all__ = ["OutcomeConfig", "ProcessConfig", "RewardConfig"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class OutcomeConfig:
 class ProcessConfig:
     """The process rules: each rule's value(s) and its weight in r_t (a weight of 0 switches a rule off)."""
 
-    weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(RULE_NAMES, 1.0))
+    weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(rule_names(), 1.0))
     executes_ok: float = 0.1
     executes_error: float = -0.2
     executes_timeout: float = -0.3
@@ -35,9 +35,10 @@ class ProcessConfig:
     format: float = -0.5  # no action, several actions or broken tags
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.weights) - set(RULE_NAMES))
+        unknown = sorted(set(self.weights) - set(rule_names()))
         if unknown:
-            raise ValueError(f"weights: unknown rule {unknown[0]!r}; rules are {list(RULE_NAMES)}")
+            raise ValueError(f"weights: unknown rule {unknown[0]!r}; rules are {list(rule_names())} (a rule of a "
+                             "plugin must be registered first: FINESTEP_PLUGINS, --plugin or the plugins key)")
 
 
 @dataclass(frozen=True)
