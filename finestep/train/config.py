@@ -16,6 +16,7 @@ import yaml
 from finestep.agent.rollout import RolloutConfig
 from finestep.config import ConfigError, from_dict, merge_overrides, to_dict
 from finestep.credit import CreditConfig
+from finestep.plugins import load_plugins, plugins_from_env
 from finestep.rewards.config import RewardConfig
 
 __all__ = [
@@ -128,14 +129,25 @@ class TrainConfig:
     credit: CreditConfig = field(default_factory=CreditConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    plugins: list[str] = field(
+        default_factory=list,
+        metadata={"help": "modules (or .py files) imported before the config is read: their estimators, process "
+                          "rules and environments can be named here (docs/extending.md)"},
+    )
 
     def __post_init__(self) -> None:
         if self.model.init == "pretrained" and not self.model.path:
             raise ValueError("model.path: required unless model.init is tiny (a local Hugging Face model folder)")
 
 
-def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML config (or the defaults when ``path`` is None), apply ``key=value`` overrides, validate."""
+def load_train_config(
+    path: str | Path | None, overrides: Sequence[str] = (), plugins: Sequence[str] = ()
+) -> TrainConfig:
+    """Read a YAML config (or the defaults when ``path`` is None), apply ``key=value`` overrides, validate.
+
+    Before validating, the plugins are imported: ``FINESTEP_PLUGINS``, ``plugins`` (e.g. ``--plugin``, added to
+    the config's own list) and the config's ``plugins`` key, so their rule weights and estimator names are known.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -147,7 +159,15 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
             raise ConfigError(f"{path}: malformed YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return from_dict(TrainConfig, merge_overrides(data, overrides))
+    data = merge_overrides(data, overrides)
+    listed = data.get("plugins") or []
+    if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+        raise ConfigError(f"plugins: expected a list of module names, got {listed!r}")
+    listed = list(dict.fromkeys([*listed, *plugins]))
+    if listed:
+        data["plugins"] = listed
+    load_plugins(plugins_from_env() + listed)
+    return from_dict(TrainConfig, data)
 
 
 def save_train_config(config: TrainConfig) -> str:
