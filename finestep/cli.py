@@ -388,6 +388,21 @@ def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
                         "or environments (repeatable; also FINESTEP_PLUGINS=mod1,mod2)")  # fmt: skip
 
 
+class _HelpConfig(argparse.Action):
+    """``--help-config``: print every config key with its default and help text, then exit (like ``--help``)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print every config key with its default and help, and exit")  # fmt: skip
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from finestep.config import format_config_help
+        from finestep.train.config import TrainConfig
+
+        print(format_config_help(TrainConfig))
+        parser.exit()
+
+
 def _plugin_arguments(argv: Sequence[str]) -> list[str]:
     """The ``--plugin`` values of a command line, read before the parser (whose choices they extend) exists."""
     pre = argparse.ArgumentParser(add_help=False)
@@ -472,13 +487,15 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="RL training with step-level credit (rollouts, rewards, credit, PPO-clip)",
         description="Train a policy with RL. Metrics go to RUN_DIR/metrics.jsonl, checkpoints to RUN_DIR/checkpoints/.",
-        epilog="overrides: e.g. trainer.max_steps=3 credit.estimator=grpo rollout.group_size=8 optim.lr=1e-5",
+        epilog="overrides: e.g. trainer.max_steps=3 credit.estimator=grpo rollout.group_size=8 optim.lr=1e-5 "
+        "(every key: finestep train --help-config)",
     )
     source = tr.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", type=Path, help="YAML config (see configs/)")
     source.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     tr.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="output folder (default runs/train)")
     tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    tr.add_argument("--help-config", action=_HelpConfig)
     _add_plugin_option(tr)
     tr.set_defaults(handler=_cmd_train)
 

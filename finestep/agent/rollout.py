@@ -18,6 +18,7 @@ import torch
 from finestep.agent.generators import Generator, SamplingParams
 from finestep.agent.protocol import ObservationFormat, Protocol, encode_prompt
 from finestep.agent.trajectory import Trajectory
+from finestep.config import option
 from finestep.data.task import Task
 from finestep.env import Environment, cached_schema, make_environment
 from finestep.sql.executor import SqlSandbox
@@ -27,36 +28,21 @@ __all__ = ["RolloutConfig", "RolloutTimes", "cached_schema", "make_env", "prompt
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """How episodes are sampled.
+    """How episodes are sampled and what the environment shows (each field's help is in its metadata)."""
 
-    Attributes:
-        group_size: G, samples per task.
-        max_turns: assistant turns at most per episode.
-        max_new_tokens: tokens per turn at most.
-        max_total_tokens: generated plus observation tokens at most per episode (the token budget).
-        temperature, top_p: sampling (temperature 0 = greedy).
-        protocol: ``tags`` (``<sql>``/``<solution>``) or ``json`` (tool calls).
-        schema_sample_values: sample values per column in the prompt's schema (0: none).
-        schema_max_chars: the schema text's cap.
-        schema_style: ``create`` (CREATE TABLE text) or ``compact`` (one line per table).
-        brief_instructions: a two-line system prompt instead of the full instructions.
-        observation_rows: result rows shown per observation.
-        env: the registered environment each episode runs in (``finestep.env``).
-    """
-
-    group_size: int = 4
-    max_turns: int = 4
-    max_new_tokens: int = 128
-    max_total_tokens: int = 1024
-    temperature: float = 1.0
-    top_p: float = 1.0
-    protocol: str = "tags"
-    schema_sample_values: int = 3
-    schema_max_chars: int = 6000
-    schema_style: str = "create"  # or "compact": one line per table (small models)
-    brief_instructions: bool = False  # a two-line system prompt (small models)
-    observation_rows: int = 10
-    env: str = "sql"
+    group_size: int = option(4, help="G, samples per task")
+    max_turns: int = option(4, help="assistant turns at most per episode")
+    max_new_tokens: int = option(128, help="tokens per turn at most")
+    max_total_tokens: int = option(1024, help="generated plus observation tokens at most per episode (the budget)")
+    temperature: float = option(1.0, help="sampling temperature (0: greedy)")
+    top_p: float = option(1.0, help="nucleus sampling: the smallest token set with this much probability")
+    protocol: str = option("tags", help="action format: tags (<sql>/<solution>) or json (tool calls)")
+    schema_sample_values: int = option(3, help="sample values per column in the prompt's schema (0: none)")
+    schema_max_chars: int = option(6000, help="the prompt schema's cap in characters")
+    schema_style: str = option("create", help="create (CREATE TABLE text) or compact (a line per table: small models)")
+    brief_instructions: bool = option(False, help="a two-line system prompt instead of the full instructions")
+    observation_rows: int = option(10, help="result rows shown per observation")
+    env: str = option("sql", help="the registered environment each episode runs in (finestep.env)")
 
     def __post_init__(self) -> None:
         for name in ("group_size", "max_turns", "max_new_tokens", "max_total_tokens"):
