@@ -25,6 +25,7 @@ from finestep.atomic import atomic_write_json
 from finestep.config import to_dict
 from finestep.data.sqlworld import ExpertConfig, build_world, load_world, write_jsonl
 from finestep.data.task import Task
+from finestep.env import SqlEnv
 from finestep.eval.episodes import episode_metrics
 from finestep.models import build_tiny_model, load_model, load_tokenizer
 from finestep.rewards import RewardConfig, score_episodes
@@ -67,6 +68,7 @@ class PipelineConfig:
 def _corpus(tasks: list[Task], expert_lines: list[dict[str, Any]], prompt: RolloutConfig) -> list[str]:
     """Everything the agent will read or write: instructions, schemas, questions, SQL, turns and observations."""
     protocol = get_protocol(prompt.protocol)
+    env = SqlEnv(protocol, fmt=ObservationFormat())  # observations as the environment writes them
     texts = [protocol.brief_instructions(prompt.max_turns), protocol.instructions(prompt.max_turns)]
     texts += [cached_schema(str(p), prompt.schema_sample_values, prompt.schema_max_chars, prompt.schema_style)
               for p in sorted({t.db_path for t in tasks})]  # fmt: skip
@@ -75,8 +77,7 @@ def _corpus(tasks: list[Task], expert_lines: list[dict[str, Any]], prompt: Rollo
         for step in line["steps"]:
             texts.append(step.get("text", ""))
             if step.get("sql"):
-                texts.append(protocol.observation_text(execute(line["db_path"], step["sql"]), None, 2,
-                                                       ObservationFormat()))  # fmt: skip
+                texts.append(env.observation(execute(line["db_path"], step["sql"]), None, 2))
     return texts
 
 

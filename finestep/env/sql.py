@@ -27,7 +27,7 @@ from finestep.agent.protocol import (
 from finestep.agent.trajectory import END_BUDGET, END_EOS, END_MAX_TURNS, END_SOLUTION, Step, Trajectory
 from finestep.data.task import Task
 from finestep.env.base import Environment, EnvStep, register_environment
-from finestep.sql.executor import SqlSandbox
+from finestep.sql.executor import ExecutionResult, SqlSandbox
 from finestep.sql.schema import schema_prompt
 
 __all__ = ["DEFAULT_FORMAT", "SqlEnv", "cached_schema"]
@@ -138,7 +138,7 @@ class SqlEnv(Environment):
         if turns_left == 0:
             return self._ended(step, END_MAX_TURNS)
         error = action.error or ("cut off by the token limit" if step.truncated else None)
-        step.observation = self.protocol.observation_text(step.result, error, turns_left, self.fmt)
+        step.observation = self.observation(step.result, error, turns_left)
         if self.tokenizer is None:
             return EnvStep(step.observation, False, None, step)
         observation_ids = encode_observation(self.tokenizer, step.observation)
@@ -146,6 +146,13 @@ class SqlEnv(Environment):
             return self._ended(step, END_BUDGET)
         self.append_observation(observation_ids)
         return EnvStep(step.observation, False, None, step, tuple(observation_ids))
+
+    def observation(
+        self, result: ExecutionResult | None, error: str | None = None, turns_left: int | None = None
+    ) -> str:
+        """The observation text of a tool call's ``result`` (or of the format ``error`` when it has none), in this
+        environment's protocol and table format (what ``step`` appends)."""
+        return self.protocol.observation_text(result, error, turns_left, self.fmt)
 
     def _ended(self, step: Step, reason: str) -> EnvStep:
         self.end(reason)

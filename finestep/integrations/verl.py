@@ -8,7 +8,7 @@ needs no GiGPO anchors (which verl's tensors cannot carry): ``finestep``, ``grpo
 the plugins (``algorithm.adv_estimator=finestep``), and the ``finestep_sql`` agent loop (``verl_agent``).
 Each estimator reads FineStep's tensors layout (``verl_layout``): steps are the runs of model tokens in
 ``response_mask``, ``r_t`` sits at the last token of each turn and ``R`` at the last token of the trajectory;
-the arithmetic is ``finestep.credit``'s (``compute_advantages`` and ``step_to_token_advantages``). Settings come
+the arithmetic is ``finestep.credit``'s (``compute_advantages`` and ``batch_token_advantages``). Settings come
 from ``algorithm.finestep`` (``configs_from_verl``). Written against verl 0.9.1.
 """
 

@@ -43,8 +43,7 @@ import numpy as np
 import torch
 
 from finestep.config import from_dict
-from finestep.credit import ABLATIONS, CreditConfig, StepBatch, compute_advantages
-from finestep.credit.tokens import step_to_token_advantages
+from finestep.credit import ABLATIONS, CreditConfig, StepBatch, batch_token_advantages, compute_advantages
 from finestep.rewards import PROCESS_RULES, ProcessConfig, RewardConfig
 
 __all__ = [
@@ -294,10 +293,8 @@ def token_advantages(
     )
     batch = layout.batch
     steps = compute_advantages(batch, credit)
-    tokens = step_to_token_advantages(
-        steps.advantages, batch.traj, layout.spans,
-        np.full(batch.n_traj, layout.width, dtype=np.int64), batch.group_index,
-        mask_truncated_steps=credit.mask_truncated_steps, drop_zero_groups=credit.drop_zero_groups,
-        zero_tol=credit.zero_tol, width=layout.width,
-    )  # fmt: skip
+    tokens = batch_token_advantages(
+        batch, steps.advantages, layout.spans, np.full(batch.n_traj, layout.width, dtype=np.int64), credit,
+        width=layout.width,
+    )
     return torch.from_numpy(tokens.advantages).to(device=token_level_rewards.device, dtype=token_level_rewards.dtype)
