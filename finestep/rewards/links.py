@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from finestep.data.steps import RewardStep
 from finestep.rewards.config import LinkConfig
-from finestep.rewards.steps import RewardStep
 from finestep.sql.analysis import canonical_sql, query_literals, sql_similarity
 
 __all__ = ["observation_values", "step_links"]
