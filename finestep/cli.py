@@ -60,13 +60,12 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
     if args.keep_distinct and metric != "spider":
         raise DataError("--keep-distinct is an option of --metric spider (test-suite-sql-eval's --keep_distinct)")
     limits = SandboxLimits(**{**EVAL_LIMITS.__dict__, "timeout_s": args.timeout})
-    workers = args.workers if args.workers == "auto" else int(args.workers)
     given = sum(1 for t in benchmark.available if predictions[t.index] is not None)
     with _progress(console) as progress:
         bar = progress.add_task("scoring", total=given)
         report = score_predictions(
-            benchmark, predictions, metric, limits, workers, on_progress=lambda n: progress.update(bar, completed=n),
-            keep_distinct=args.keep_distinct,
+            benchmark, predictions, metric, limits, args.workers,
+            on_progress=lambda n: progress.update(bar, completed=n), keep_distinct=args.keep_distinct,
         )  # fmt: skip
     print_eval_report(report, console, args.by)
     if args.out:
@@ -123,7 +122,8 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
         f"estimator {config.credit.estimator}; starting at step {trainer.step} of {config.trainer.max_steps}"
     )
     if trainer.gold_check is not None:
-        dropped = "left out of training" if config.data.drop_empty_gold else "kept (data.drop_empty_gold=false)"
+        dropped = ("both left out of training" if config.data.drop_empty_gold
+                   else "the empty ones kept (data.drop_empty_gold=false), the failing left out")  # fmt: skip
         console.print(f"training data: {trainer.gold_check.summary()}; {dropped}", highlight=False)
     with _progress(console) as progress:
         bar = progress.add_task("training", total=config.trainer.max_steps, completed=trainer.step)

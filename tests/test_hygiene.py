@@ -56,3 +56,19 @@ def test_verl_rows_leave_out_empty_gold(spider: Path) -> None:
     assert skipped == {"missing_database": 0, "gold_fails": 0, "gold_empty": 2}
     rows, skipped = build_rows(tasks, "spider", workers=1, drop_empty_gold=False)
     assert len(rows) == 3 and skipped["gold_empty"] == 0
+
+
+def test_failing_gold_is_always_left_out_of_training(tmp_path: Path) -> None:
+    from tests.test_data import write_bird
+
+    data = write_bird(tmp_path / "bird")  # two tasks on league; one on a missing database
+    (data / "dev.json").write_text(
+        '[{"question_id": 1, "db_id": "league", "question": "a", "SQL": "SELECT nope FROM player"},'
+        ' {"question_id": 2, "db_id": "league", "question": "b", "SQL": "SELECT name FROM player WHERE goals > 99"},'
+        ' {"question_id": 3, "db_id": "league", "question": "c", "SQL": "SELECT name FROM player"}]'
+    )
+    for drop, kept in ((True, ["3"]), (False, ["2", "3"])):
+        config = DataConfig(benchmark="bird", path=str(data), eval_databases=0, drop_empty_gold=drop)
+        result = load_task_data(config)
+        assert [t.id for t in result.train] == kept
+        assert result.gold_check.summary() == "3 gold queries checked: 1 return no rows (ids 2), 1 fail (ids 1)"

@@ -90,8 +90,8 @@ class DataConfig:
     eval_split: str = option("test", help="sqlworld: the split evaluated (test: unseen databases; heldout or "
                              "valid: new questions on the training databases)")  # fmt: skip
     drop_empty_gold: bool = option(True, help="spider/bird: leave out of training the tasks whose gold query "
-                                   "returns no rows or fails (an empty answer would earn full reward); held-out "
-                                   "tasks are never dropped")  # fmt: skip
+                                   "returns no rows (an empty answer would earn full reward); those whose gold "
+                                   "fails are always left out, held-out tasks never")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,9 @@ def load_task_split(config: DataConfig) -> tuple[list[Task], list[Task]]:
 
 
 def _checked_training_tasks(candidates: list[Task], config: DataConfig) -> tuple[list[Task], GoldCheck]:
-    """The training tasks (at most ``max_train_tasks``), without those whose gold result is empty or fails when
-    ``drop_empty_gold``; gold queries are checked in order, only as far as needed."""
+    """The training tasks (at most ``max_train_tasks``) without those whose gold query fails (they could not be
+    scored) and, with ``drop_empty_gold``, those whose gold result is empty; gold queries are checked in order,
+    only as far as needed."""
     wanted = config.max_train_tasks if config.max_train_tasks is not None else len(candidates)
     check = GoldCheck()
     kept: list[Task] = []
@@ -55,17 +56,17 @@ def _checked_training_tasks(candidates: list[Task], config: DataConfig) -> tuple
         check.usable += found.usable
         check.empty += found.empty
         check.failing += found.failing
-        usable = {t.index for t in found.usable}
-        kept += [t for t in batch if t.index in usable or not config.drop_empty_gold]
+        keep = {t.index for t in found.usable + ([] if config.drop_empty_gold else found.empty)}
+        kept += [t for t in batch if t.index in keep]
     return kept[:wanted], check
 
 
 def load_task_data(config: DataConfig) -> TaskData:
     """Available tasks split by database: the first ``eval_databases`` databases (sorted) are held out.
 
-    Spider and BIRD training tasks have their gold query checked (:mod:`finestep.data.hygiene`); with
-    ``data.drop_empty_gold`` those whose gold result is empty or fails are left out of training. Held-out tasks
-    are never dropped. A SQLWorld world (``benchmark: sqlworld``, ``path``: its folder) keeps its own splits;
+    Spider and BIRD training tasks have their gold query checked (:mod:`finestep.data.hygiene`): those whose gold
+    query fails are left out of training, and with ``data.drop_empty_gold`` those whose gold result is empty.
+    Held-out tasks are never dropped. A SQLWorld world (``benchmark: sqlworld``, ``path``: its folder) keeps its own splits;
     ``eval_split`` names the evaluated one (``test``: unseen databases; ``valid`` or ``heldout``: new questions
     on training databases).
     """
