@@ -1,8 +1,12 @@
-"""Execution accuracy of predicted SQL against gold SQL, scored in parallel through the sandbox."""
+"""Execution accuracy of predicted SQL against gold SQL, scored in parallel through the sandbox.
+
+Queries run in supervised worker processes (:mod:`finestep.sql.workers`): a query that overruns its limit
+is answered ``timeout`` by killing its worker, one that needs too much memory ``too_large``, and slow queries
+spread over all workers, so runaways cost at most about ``runaways x limit / workers`` of wall time.
+"""
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -11,12 +15,15 @@ from typing import Any
 
 from finestep.data.task import Benchmark, Task
 from finestep.sql.compare import results_match
-from finestep.sql.executor import ExecutionResult, SandboxLimits, default_workers, execute_on, parallel_map
+from finestep.sql.executor import ExecutionResult, SandboxLimits, default_workers, execute_on
+from finestep.sql.workers import WorkerPool
 
 __all__ = ["EVAL_LIMITS", "EvalReport", "QuestionScore", "score_pair", "score_pairs", "score_predictions"]
 
 # BIRD's scorer gives each query 30 s; results are fetched whole (up to these caps) so that they can be compared.
-EVAL_LIMITS = SandboxLimits(timeout_s=30.0, max_rows=1_000_000, max_bytes=512 * 2**20, max_value_bytes=64 * 2**20)
+EVAL_LIMITS = SandboxLimits(
+    timeout_s=30.0, max_rows=1_000_000, max_bytes=256 * 2**20, max_value_bytes=64 * 2**20, max_memory_bytes=512 * 2**20
+)
 
 
 @dataclass(frozen=True)
@@ -53,11 +60,12 @@ def _verdict(
 def score_pairs(
     job: tuple[str, Sequence[tuple[str | None, str]], str, SandboxLimits],
 ) -> list[tuple[bool, str | None]]:
-    """Execute predictions and their gold queries on one database and compare each pair.
+    """Execute predictions and their gold queries on one database, in this process, and compare each pair.
 
     ``job`` is ``(db_path, [(pred_sql, gold_sql), ...], metric, limits)``; all queries run on one read-only
     connection (closed before returning), each within its own limits. Returns ``(correct, error)`` per pair,
-    where ``error`` says why a prediction failed or could not be compared (``None`` when both ran).
+    where ``error`` says why a prediction failed or could not be compared (``None`` when both ran). For
+    untrusted predictions use :func:`score_predictions`, which adds a hard deadline and a memory bound.
     """
     db_path, pairs, metric, limits = job
     queries = [q for pred_sql, gold_sql in pairs for q in (pred_sql or "", gold_sql)]
@@ -149,17 +157,29 @@ def score_predictions(
     """
     if len(predictions) != len(benchmark.tasks):
         raise ValueError(f"{len(predictions)} predictions for {len(benchmark.tasks)} questions")
-    workers = default_workers() if workers is None else workers
+    workers = max(1, default_workers() if workers is None else workers)
     start = time.perf_counter()
-    # Questions on one database share a connection (opening one costs more than most Spider queries); runs are
-    # capped so that the pool still balances its work.
+    # Questions on one database go to a worker together (opening a database costs more than most Spider
+    # queries); an idle worker takes over the unstarted half of a busy worker's run.
     chunks = _chunks_by_database(benchmark.available, max_chunk=16)
-    jobs = [(str(c[0].db_path), [(predictions[t.index], t.gold_sql) for t in c], metric, limits) for c in chunks]
-    done = list(itertools.accumulate(len(c) for c in chunks))
-    progress = None if on_progress is None else (lambda n: on_progress(done[n - 1]))
+    jobs = [(str(c[0].db_path), [q for t in c for q in (predictions[t.index] or "", t.gold_sql)]) for c in chunks]
+    n_done = [0]
+
+    def finished(chunk: int) -> None:
+        n_done[0] += len(chunks[chunk])
+        if on_progress is not None:
+            on_progress(n_done[0])
+
+    pool = WorkerPool(limits, max_idle=0)
+    try:
+        answers = pool.run(jobs, workers, finished)
+    finally:
+        pool.close()
     verdicts: dict[int, tuple[bool, str | None]] = {}
-    for chunk, chunk_verdicts in zip(chunks, parallel_map(score_pairs, jobs, workers, progress, chunksize=1)):
-        verdicts.update(zip((t.index for t in chunk), chunk_verdicts))
+    for chunk, results in zip(chunks, answers):
+        for i, task in enumerate(chunk):
+            pred_sql = predictions[task.index]
+            verdicts[task.index] = _verdict(pred_sql, results[2 * i], results[2 * i + 1], task.gold_sql, metric, limits)
     scores = []
     for task in benchmark.tasks:
         correct, error = verdicts.get(task.index, (None, f"database {task.db_id} not found"))

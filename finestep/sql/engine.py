@@ -1,44 +1,44 @@
-"""Read-only, time-limited, size-capped execution of untrusted SQL on SQLite databases.
+"""The sandbox's engine: read-only, time-limited, size-capped execution of untrusted SQL in this process.
 
-Every query a learning model writes goes through :func:`execute` (or a :class:`SqlSandbox`, which adds a
-bounded result cache and a process pool). Safety is by construction, not by inspecting the SQL text:
+:func:`execute` and :func:`execute_on` run queries on a read-only connection in the calling process. Safety is
+by construction, not by inspecting the SQL text:
 
 - the database is opened with a ``mode=ro`` URI and ``PRAGMA query_only``, and an authorizer allows only
   reads, a fixed list of introspection pragmas and non-extension functions (no ATTACH, writes, state-changing
   pragmas, transactions or ``load_extension``);
-- a progress handler aborts the statement inside SQLite once its deadline passes, so a runaway query returns a
-  ``timeout`` result in the calling thread and nothing is left running;
-- rows and bytes are fetched incrementally up to caps and SQLite's own length limit bounds any single value,
-  so a huge result or ``randomblob(1e9)`` is reported, never an out-of-memory;
+- a progress handler aborts the statement inside SQLite once its deadline passes;
+- rows are fetched in batches sized from the rows already seen, up to row and byte caps, and SQLite's own
+  length limit bounds any single value;
 - temporary storage stays in memory, and the connection is closed on every path.
+
+What this process cannot do alone is stop one built-in call that loops for minutes inside SQLite
+(``instr`` or ``replace`` on megabyte strings) or bound SQLite's memory without bounding its own:
+:mod:`finestep.sql.workers` runs the same engine in supervised worker processes that add both, and
+:class:`finestep.sql.executor.SqlSandbox` uses them.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
 import sqlite3
-import threading
 import time
 import urllib.request
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
+    "SQL_TOKENS",
     "ErrorKind",
     "ExecutionResult",
     "SandboxLimits",
-    "SqlSandbox",
-    "default_workers",
     "execute",
     "execute_on",
-    "normalize_sql",
     "open_readonly",
-    "parallel_map",
+    "rows_nbytes",
+    "run_query",
+    "strip_sql",
 ]
 
 
@@ -61,11 +61,15 @@ class SandboxLimits:
     """Resource limits for one query.
 
     Attributes:
-        timeout_s: wall-clock limit enforced inside SQLite.
+        timeout_s: wall-clock limit: SQLite aborts the statement when it passes; a worker process that has not
+            answered by ``timeout_s * HARD_DEADLINE_FACTOR`` (see :mod:`finestep.sql.workers`) is killed.
         max_rows: rows fetched at most; more are reported as ``truncated_rows``.
-        max_bytes: approximate bytes of fetched values at most; more are reported as ``truncated_bytes``.
+        max_bytes: bytes of fetched values at most (text and blob lengths, 8 per number or NULL); more are
+            reported as ``truncated_bytes``.
         max_value_bytes: SQLite's length limit: the largest string or blob a query may build.
         max_sql_chars: the longest SQL text accepted.
+        max_memory_bytes: in a worker process, SQLite's heap limit (sorts, hash tables, built values) and,
+            with the result caps, the address-space limit of the process; over it a query is ``too_large``.
         progress_interval: SQLite VM instructions between deadline checks.
     """
 
@@ -74,12 +78,16 @@ class SandboxLimits:
     max_bytes: int = 32 * 2**20
     max_value_bytes: int = 8 * 2**20
     max_sql_chars: int = 100_000
-    progress_interval: int = 20_000
+    max_memory_bytes: int = 256 * 2**20
+    progress_interval: int = 5_000
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "max_rows", "max_bytes", "max_value_bytes", "max_sql_chars", "progress_interval"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"SandboxLimits.{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("timeout_s", "max_rows", "max_bytes", "max_value_bytes", "max_sql_chars", "max_memory_bytes",
+                     "progress_interval"):  # fmt: skip
+            value = getattr(self, name)
+            # `not value > 0` also refuses NaN, which compares false with everything and would disable the limit
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+                raise ValueError(f"SandboxLimits.{name} must be a positive finite number, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,10 @@ _INTROSPECTION_PRAGMAS = frozenset(
 )  # fmt: skip
 _FORBIDDEN_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer"})
 _SCHEMA_TABLES = frozenset({"sqlite_master", "sqlite_temp_master"})
+# The R-tree module prepares (never runs, on a read) statements that write its shadow tables when it opens a
+# table; FTS5 reads ``PRAGMA data_version`` (which has no setter) to notice changes.
+_RTREE_SHADOW_SUFFIXES = ("_node", "_rowid", "_parent")
+_READ_ONLY_PRAGMAS = frozenset({"data_version"})
 
 
 def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None) -> int:
@@ -130,6 +142,12 @@ def _authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None,
     if action == sqlite3.SQLITE_FUNCTION:
         return sqlite3.SQLITE_DENY if (arg2 or "").lower() in _FORBIDDEN_FUNCTIONS else sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _INTROSPECTION_PRAGMAS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _READ_ONLY_PRAGMAS and arg2 is None:
+        return sqlite3.SQLITE_OK
+    if action in (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_DELETE) and (arg1 or "").endswith(_RTREE_SHADOW_SUFFIXES):
+        # Only preparing passes here: the connection is read-only (mode=ro, query_only), so running such a
+        # statement fails with "attempt to write a readonly database" and is reported as forbidden.
         return sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_UPDATE and arg1 in _SCHEMA_TABLES:
         # SQLite asks this while it declares an eponymous virtual table (json_each, pragma_table_info, ...).
@@ -143,8 +161,25 @@ def _decode_text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
+def _is_quiet_wal(db_path: str | os.PathLike[str]) -> bool:
+    """True for a WAL-mode database with no ``-wal`` or ``-shm`` file beside it (nobody is writing it)."""
+    try:
+        with open(db_path, "rb") as handle:
+            header = handle.read(20)
+    except OSError:
+        return False
+    path = os.fspath(db_path)
+    return (
+        len(header) == 20 and header[18:20] == b"\x02\x02"
+        and not os.path.exists(path + "-wal") and not os.path.exists(path + "-shm")
+    )  # fmt: skip
+
+
 def _readonly_uri(db_path: str | os.PathLike[str]) -> str:
-    return "file:" + urllib.request.pathname2url(os.path.abspath(db_path)) + "?mode=ro"
+    uri = "file:" + urllib.request.pathname2url(os.path.abspath(db_path)) + "?mode=ro"
+    # A plain read-only open of a WAL database creates -wal and -shm files beside it and leaves them; when no
+    # writer has them open, the file alone is the whole database and can be read as immutable instead.
+    return uri + "&immutable=1" if _is_quiet_wal(db_path) else uri
 
 
 def open_readonly(db_path: str | os.PathLike[str], limits: SandboxLimits | None = None) -> sqlite3.Connection:
@@ -171,13 +206,34 @@ def open_readonly(db_path: str | os.PathLike[str], limits: SandboxLimits | None 
 
 # --- one query ---------------------------------------------------------------------------------------------
 
-def _strip_sql(sql: str) -> str:
-    return sql.strip().rstrip(" \t\n\r\f\v;")
+# Pieces of SQL text, in the order SQLite's tokenizer tells them apart: quoted text and comments are opaque.
+SQL_TOKENS = re.compile(
+    r"""'(?:[^']|'')*'?|"(?:[^"]|"")*"?|`[^`]*`?|\[[^\]]*\]?"""  # quoted literal or identifier (maybe unclosed)
+    r"|--[^\n]*\n?|/\*(?:.|\n)*?(?:\*/|\Z)"  # comments
+    r"|;|[ \t\n\r\f]+|[^'\"`\[; \t\n\r\f/-]+|.",
+    re.DOTALL,
+)
+
+
+_SQL_SPACE = " \t\n\r\f"  # SQLite's whitespace; a non-breaking space is part of a token to SQLite
+
+
+def strip_sql(sql: str) -> str:
+    """``sql`` without what SQLite ignores after its last statement: whitespace, semicolons and comments
+    (``SELECT 1;; -- done`` -> ``SELECT 1``); leading whitespace goes too. Quoted text is never touched."""
+    if "--" not in sql and "/*" not in sql:  # the common case: only whitespace and semicolons can trail
+        return sql.strip(_SQL_SPACE).rstrip(_SQL_SPACE + ";")
+    end = 0
+    for match in SQL_TOKENS.finditer(sql):
+        token = match.group(0)
+        if token != ";" and token.strip(_SQL_SPACE) and not token.startswith(("--", "/*")):
+            end = match.end()
+    return sql[:end].lstrip(_SQL_SPACE)
 
 
 def _classify(exc: BaseException, timed_out: bool) -> str:
     message = str(exc).lower()
-    if timed_out or message == "interrupted":
+    if timed_out:
         return ErrorKind.TIMEOUT
     if isinstance(exc, sqlite3.ProgrammingError) and "one statement" in message:
         return ErrorKind.MULTIPLE_STATEMENTS
@@ -192,91 +248,129 @@ def _classify(exc: BaseException, timed_out: bool) -> str:
     return ErrorKind.RUNTIME
 
 
+def rows_nbytes(rows: Sequence[Sequence[Any]]) -> int:
+    """Bytes of the values in ``rows``: a text's or blob's length, 8 per number or NULL.
+
+    Unlike ``len(repr(rows))`` it allocates nothing: a batch of blobs is measured without first building a text
+    four times its size.
+    """
+    total = 0
+    for row in rows:
+        for value in row:
+            kind = value.__class__
+            total += len(value) if kind is str or kind is bytes else 8
+    return total
+
+
+_FIRST_BATCH = 16  # rows fetched before anything is known of their size; later batches follow the rows seen
+_MAX_BATCH = 1024
+
+
 def _fetch_capped(cursor: sqlite3.Cursor, limits: SandboxLimits) -> tuple[list[tuple[Any, ...]], int, bool, bool]:
     """Fetch rows until the result ends or a cap is reached: ``(rows, nbytes, truncated_rows, truncated_bytes)``.
 
-    Sizes are the length of the rows' text form (``repr``), computed per batch in C; batches shrink as rows grow,
-    so the memory held beyond the byte cap stays within one small batch.
+    Each batch is sized so that rows like the ones seen so far fill at most an eighth of the bytes left, so the
+    memory held beyond the byte cap stays within one small batch (and one row is never more than the value
+    length limit times the column count).
     """
     rows: list[tuple[Any, ...]] = []
     nbytes = 0
-    batch_size = 64
+    batch_size = _FIRST_BATCH
     while True:
         wanted = min(batch_size, limits.max_rows + 1 - len(rows))
         batch = cursor.fetchmany(wanted)
         if not batch:
             return rows, nbytes, False, False
-        size = len(repr(batch))
+        size = rows_nbytes(batch)
         if nbytes + size <= limits.max_bytes and len(rows) + len(batch) <= limits.max_rows:
             rows.extend(batch)
             nbytes += size
             if len(batch) < wanted:  # a short batch: the result is exhausted, no need to ask again
                 return rows, nbytes, False, False
-            batch_size = max(1, min(1024, (limits.max_bytes - nbytes) * len(batch) // (8 * size)))
+            per_row = max(1, nbytes // len(rows))
+            batch_size = max(1, min(_MAX_BATCH, (limits.max_bytes - nbytes) // (8 * per_row)))
             continue
         for row in batch:  # this batch crosses a cap: take rows one by one up to it
             if len(rows) >= limits.max_rows:
                 return rows, nbytes, True, False
-            row_size = len(repr(row)) + 2
+            row_size = rows_nbytes((row,))
             if nbytes + row_size > limits.max_bytes:
                 return rows, nbytes, False, True
             rows.append(row)
             nbytes += row_size
 
 
-def _run(conn: sqlite3.Connection, sql: str, limits: SandboxLimits) -> ExecutionResult:
-    """One query on an open sandbox connection, within its own deadline."""
+def run_query(conn: sqlite3.Connection, sql: str, limits: SandboxLimits) -> ExecutionResult:
+    """One query on a connection from :func:`open_readonly`, within its own deadline and caps.
+
+    Ctrl-C while SQLite runs aborts the statement and raises ``KeyboardInterrupt`` here: an interrupt is not
+    a timeout.
+    """
     start = time.perf_counter()
 
     def failed(kind: str, message: str) -> ExecutionResult:
         return ExecutionResult(error_kind=kind, error=message, elapsed_s=time.perf_counter() - start)
 
     if not isinstance(sql, str):
-        return failed(ErrorKind.EMPTY, f"expected SQL text, got {type(sql).__name__}")
-    sql = _strip_sql(sql)
+        return failed(ErrorKind.EMPTY, f"expected the SQL as one string, got {type(sql).__name__}")
+    sql = strip_sql(sql)
     if not sql:
         return failed(ErrorKind.EMPTY, "empty SQL")
     if len(sql) > limits.max_sql_chars:
         return failed(ErrorKind.TOO_LARGE, f"SQL text has {len(sql)} characters, limit {limits.max_sql_chars}")
 
     deadline = start + limits.timeout_s
-    timed_out = False
+    timed_out = interrupted = False
 
-    def past_deadline() -> int:
-        nonlocal timed_out
-        if time.perf_counter() > deadline:
-            timed_out = True
-            return 1
-        return 0
-
-    conn.set_progress_handler(past_deadline, limits.progress_interval)
-    for attempt in range(2):
-        cursor = None
+    def stop_now() -> int:
+        nonlocal timed_out, interrupted
         try:
-            cursor = conn.execute(sql)
-            columns = tuple(d[0] for d in cursor.description or ())
-            rows, nbytes, truncated_rows, truncated_bytes = _fetch_capped(cursor, limits)
-            return ExecutionResult(
-                columns=columns,
-                rows=tuple(rows),
-                elapsed_s=time.perf_counter() - start,
-                truncated_rows=truncated_rows,
-                truncated_bytes=truncated_bytes,
-                nbytes=nbytes,
-            )
-        except (sqlite3.Error, MemoryError, OverflowError, ValueError) as exc:
-            if attempt == 0 and "could not decode" in str(exc).lower():
-                # Text that is not UTF-8: decode it leniently and run again (SQLite's own decoding is much
-                # faster, so it is kept for the common case).
-                conn.text_factory = _decode_text
-                continue
-            kind = _classify(exc, timed_out)
-            message = f"query exceeded the {limits.timeout_s:g} s time limit" if kind == ErrorKind.TIMEOUT else str(exc)
-            return failed(kind, message)
-        finally:
-            if cursor is not None:
-                cursor.close()
-    raise AssertionError("unreachable")  # pragma: no cover
+            if time.perf_counter() > deadline:
+                timed_out = True
+                return 1
+            return 0
+        except KeyboardInterrupt:  # a signal handler raised here would otherwise be swallowed by sqlite3
+            interrupted = True
+            return 1
+
+    conn.set_progress_handler(stop_now, limits.progress_interval)
+    try:
+        for attempt in range(2):
+            cursor = None
+            try:
+                cursor = conn.execute(sql)
+                columns = tuple(d[0] for d in cursor.description or ())
+                rows, nbytes, truncated_rows, truncated_bytes = _fetch_capped(cursor, limits)
+                return ExecutionResult(
+                    columns=columns,
+                    rows=tuple(rows),
+                    elapsed_s=time.perf_counter() - start,
+                    truncated_rows=truncated_rows,
+                    truncated_bytes=truncated_bytes,
+                    nbytes=nbytes,
+                )
+            except (sqlite3.Error, MemoryError, OverflowError, ValueError) as exc:
+                if interrupted:
+                    raise KeyboardInterrupt from None
+                if attempt == 0 and "could not decode" in str(exc).lower():
+                    # Text that is not UTF-8: decode it leniently and run again (SQLite's own decoding is much
+                    # faster, so it is kept for the common case).
+                    conn.text_factory = _decode_text
+                    continue
+                kind = _classify(exc, timed_out)
+                if kind == ErrorKind.TIMEOUT:
+                    message = f"query exceeded the {limits.timeout_s:g} s time limit"
+                elif isinstance(exc, MemoryError):
+                    message = f"query needs more memory than the sandbox allows ({limits.max_memory_bytes >> 20} MB)"
+                else:
+                    message = str(exc)
+                return failed(kind, message)
+            finally:
+                if cursor is not None:
+                    cursor.close()
+        raise AssertionError("unreachable")  # pragma: no cover
+    finally:
+        conn.set_progress_handler(None, 0)
 
 
 def execute_on(
@@ -297,191 +391,19 @@ def execute_on(
         message = str(exc) if isinstance(exc, FileNotFoundError) else f"cannot open database: {exc}"
         return [ExecutionResult(error_kind=kind, error=message, elapsed_s=time.perf_counter() - start)] * len(queries)
     try:
-        return [_run(conn, sql, limits) for sql in queries]
+        return [run_query(conn, sql, limits) for sql in queries]
     finally:
         conn.close()
 
 
 def execute(db_path: str | os.PathLike[str], sql: str, limits: SandboxLimits | None = None) -> ExecutionResult:
-    """Run one SQL statement read-only on ``db_path`` within ``limits``; never raises for a bad query.
+    """Run one SQL statement read-only on ``db_path`` within ``limits`` in this process; never raises for a
+    bad query (only ``KeyboardInterrupt`` on Ctrl-C).
 
-    Trailing semicolons and whitespace are ignored; a second statement is an error of kind
-    ``multiple_statements``.
+    Trailing semicolons, whitespace and comments are ignored; a second statement is an error of kind
+    ``multiple_statements``. The deadline is checked between SQLite instructions; for a hard deadline and a
+    memory bound use :class:`finestep.sql.executor.SqlSandbox` (supervised worker processes).
     """
     return execute_on(db_path, [sql], limits)[0]
 
 
-# --- normalization and cache -------------------------------------------------------------------------------
-
-# A quoted literal or identifier is kept as written; whitespace elsewhere collapses to one space.
-_SQL_PIECES = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`[^`]*`|\[[^\]]*\]|\s+")
-
-
-def normalize_sql(sql: str) -> str:
-    """Whitespace-insensitive form of ``sql`` for cache keys: quoted text untouched, trailing ``;`` dropped."""
-    collapsed = _SQL_PIECES.sub(lambda m: " " if m.group(0).isspace() else m.group(0), sql)
-    return _strip_sql(collapsed)
-
-
-class _ResultCache:
-    """Thread-safe LRU of execution results bounded by entry count and by approximate bytes."""
-
-    def __init__(self, max_entries: int, max_bytes: int) -> None:
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[Any, ...], ExecutionResult] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: tuple[Any, ...]) -> ExecutionResult | None:
-        with self._lock:
-            result = self._entries.get(key)
-            if result is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return result
-
-    def put(self, key: tuple[Any, ...], result: ExecutionResult) -> None:
-        if self.max_entries <= 0 or result.nbytes > self.max_bytes:
-            return
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            self._entries[key] = result
-            self._bytes += result.nbytes
-            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-                _, evicted = self._entries.popitem(last=False)
-                self._bytes -= evicted.nbytes
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @property
-    def nbytes(self) -> int:
-        """Approximate bytes of the cached rows."""
-        return self._bytes
-
-
-# --- process pool ------------------------------------------------------------------------------------------
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    # fork is unsafe once threads exist (progress bars, torch); forkserver keeps worker start-up cheap.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-
-
-def parallel_map(
-    fn: Callable[[T], R],
-    items: Sequence[T],
-    workers: int,
-    on_result: Callable[[int], None] | None = None,
-    chunksize: int | None = None,
-) -> list[R]:
-    """``[fn(x) for x in items]`` over a process pool, results in input order.
-
-    ``fn`` must be a picklable module-level function. ``on_result(n_done)`` is called after each chunk arrives
-    (for progress bars). ``workers <= 1`` or a single item runs in this process.
-    """
-    if workers <= 1 or len(items) <= 1:
-        results = []
-        for i, item in enumerate(items):
-            results.append(fn(item))
-            if on_result is not None:
-                on_result(i + 1)
-        return results
-    chunksize = chunksize or max(1, min(32, len(items) // (workers * 8)))
-    results = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-        for result in pool.map(fn, items, chunksize=chunksize):
-            results.append(result)
-            if on_result is not None:
-                on_result(len(results))
-    return results
-
-
-def _execute_job(job: tuple[str, str, SandboxLimits]) -> ExecutionResult:
-    return execute(*job)
-
-
-def default_workers() -> int:
-    """Worker processes to use by default: the cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-class SqlSandbox:
-    """The sandbox with a bounded cache of results keyed by database file and normalized SQL.
-
-    Rollouts repeat the same probes many times; a hit costs a dictionary lookup. The key includes the file's
-    size and modification time, so a database replaced on disk is never answered from stale entries.
-    """
-
-    def __init__(
-        self,
-        limits: SandboxLimits | None = None,
-        cache_entries: int = 4096,
-        cache_bytes: int = 256 * 2**20,
-    ) -> None:
-        self.limits = limits or SandboxLimits()
-        self.cache = _ResultCache(cache_entries, cache_bytes)
-
-    def _key(self, db_path: str | os.PathLike[str], sql: str) -> tuple[Any, ...] | None:
-        try:
-            stat = os.stat(db_path)
-        except OSError:
-            return None
-        return (os.path.abspath(db_path), stat.st_size, stat.st_mtime_ns, normalize_sql(sql) if isinstance(sql, str) else sql)
-
-    def execute(self, db_path: str | os.PathLike[str], sql: str) -> ExecutionResult:
-        """Run one query (see :func:`execute`), answering repeats from the cache."""
-        key = self._key(db_path, sql)
-        if key is not None:
-            hit = self.cache.get(key)
-            if hit is not None:
-                return replace(hit, cached=True)
-        result = execute(db_path, sql, self.limits)
-        if key is not None:
-            self.cache.put(key, result)
-        return result
-
-    def execute_many(
-        self,
-        jobs: Iterable[tuple[str | os.PathLike[str], str]],
-        workers: int | None = None,
-        on_result: Callable[[int], None] | None = None,
-    ) -> list[ExecutionResult]:
-        """Run ``(db_path, sql)`` jobs over a process pool; results in input order, cache consulted first."""
-        jobs = list(jobs)
-        results: list[ExecutionResult | None] = [None] * len(jobs)
-        keys = [self._key(db, sql) for db, sql in jobs]
-        pending = []
-        for i, key in enumerate(keys):
-            hit = self.cache.get(key) if key is not None else None
-            if hit is not None:
-                results[i] = replace(hit, cached=True)
-            else:
-                pending.append(i)
-        n_cached = len(jobs) - len(pending)
-        progress = None if on_result is None else (lambda n: on_result(n_cached + n))
-        fresh = parallel_map(
-            _execute_job,
-            [(str(jobs[i][0]), jobs[i][1], self.limits) for i in pending],
-            workers if workers is not None else default_workers(),
-            on_result=progress,
-        )
-        for i, result in zip(pending, fresh):
-            results[i] = result
-            if keys[i] is not None:
-                self.cache.put(keys[i], result)
-        return results  # type: ignore[return-value]
