@@ -13,12 +13,12 @@ naming the line and the field.
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finestep.data.task import DataError, read_text
+from finestep.data.task import DataError, parse_json, read_text
 from finestep.rewards.config import RewardConfig
 from finestep.rewards.links import step_links
 from finestep.rewards.outcome import outcome_reward
@@ -45,6 +45,7 @@ class TrajectoryRecord:
     gold_sql: str | None
     question: str
     raw: dict[str, Any] = field(repr=False)
+    source: str = field(default="", repr=False)  # the file it was read from
 
 
 def _expect(condition: bool, where: str, message: str) -> None:
@@ -53,7 +54,18 @@ def _expect(condition: bool, where: str, message: str) -> None:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number (JSON allows NaN, Infinity and integers too large for a float; none is a reward)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 200 else f"an integer of {len(str(value))} digits"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _validate_step(step: Any, where: str, index: int) -> None:
@@ -62,7 +74,7 @@ def _validate_step(step: Any, where: str, index: int) -> None:
     if step["kind"] != "none" or "sql" in step:
         _expect(isinstance(step.get("sql", ""), str), f"{where}.sql", "expected a string")
     if "process_reward" in step:
-        _expect(_number(step["process_reward"]), f"{where}.process_reward", "expected a number")
+        _expect(_number(step["process_reward"]), f"{where}.process_reward", f"expected a finite number, got {_short(step['process_reward'])}")
     if "links" in step:
         links = step["links"]
         _expect(isinstance(links, list) and all(isinstance(k, int) and not isinstance(k, bool) for k in links),
@@ -74,16 +86,13 @@ def _validate_step(step: Any, where: str, index: int) -> None:
 
 
 def _parse_line(text: str, where: str, db_root: Path) -> tuple[dict[str, Any], Path | None]:
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where}:{exc.colno}: malformed JSON: {exc.msg}") from None
+    raw = parse_json(text, where, one_line=True)
     _expect(isinstance(raw, dict), where, "expected a JSON object")
     for key in ("task_id", "trajectory_id"):
         _expect(isinstance(raw.get(key), str), f"{where}: field {key!r}", "expected a string")
     _expect(isinstance(raw.get("steps"), list), f"{where}: field 'steps'", "expected a list")
     if raw.get("outcome") is not None:
-        _expect(_number(raw["outcome"]), f"{where}: field 'outcome'", "expected a number")
+        _expect(_number(raw["outcome"]), f"{where}: field 'outcome'", f"expected a finite number, got {_short(raw['outcome'])}")
     for key in ("db_path", "gold_sql", "question"):
         if raw.get(key) is not None:
             _expect(isinstance(raw[key], str), f"{where}: field {key!r}", "expected a string")
@@ -117,7 +126,7 @@ def read_trajectories(path: str | Path, db_root: str | Path | None = None) -> li
             TrajectoryRecord(
                 line=number, task_id=raw["task_id"], trajectory_id=raw["trajectory_id"], steps=raw["steps"],
                 outcome=raw.get("outcome"), db_path=db_path, gold_sql=raw.get("gold_sql"),
-                question=raw.get("question") or "", raw=raw,
+                question=raw.get("question") or "", raw=raw, source=str(path),
             )
         )  # fmt: skip
     return records
@@ -136,6 +145,16 @@ class ScoredTrajectory:
     truncated: list[bool]
 
 
+def _is_sqlite_file(path: Path) -> bool:
+    """An empty file (SQLite's empty database) or one that starts with SQLite's header."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+    except OSError:
+        return False
+    return header in (b"", b"SQLite format 3\x00")
+
+
 def _needs_execution(record: TrajectoryRecord) -> list[str]:
     missing = []
     if record.outcome is None:
@@ -149,7 +168,7 @@ def _needs_execution(record: TrajectoryRecord) -> list[str]:
 
 def score_trajectory(record: TrajectoryRecord, sandbox: SqlSandbox, config: RewardConfig) -> ScoredTrajectory:
     """Fill in R, r_t and links where the record lacks them, by executing its SQL on its database."""
-    where = f"line {record.line}"
+    where = f"{record.source}:{record.line}" if record.source else f"line {record.line}"
     missing = _needs_execution(record)
     results: list[ExecutionResult | None] = [None] * len(record.steps)
     gold_rows = None
@@ -158,6 +177,8 @@ def score_trajectory(record: TrajectoryRecord, sandbox: SqlSandbox, config: Rewa
             raise DataError(f"{where}: field 'db_path' is needed to compute {', '.join(missing)}")
         if not record.db_path.is_file():
             raise DataError(f"{where}: field 'db_path': database file not found: {record.db_path}")
+        if not _is_sqlite_file(record.db_path):
+            raise DataError(f"{where}: field 'db_path': not a SQLite database: {record.db_path}")
         results = [sandbox.execute(record.db_path, s["sql"]) if s.get("sql") else None for s in record.steps]
         if record.gold_sql is not None:
             gold = sandbox.execute(record.db_path, record.gold_sql)
