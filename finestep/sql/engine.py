@@ -350,7 +350,9 @@ def run_query(conn: sqlite3.Connection, sql: str, limits: SandboxLimits) -> Exec
                     nbytes=nbytes,
                 )
             except (sqlite3.Error, MemoryError, OverflowError, ValueError) as exc:
-                if interrupted:
+                if interrupted or (str(exc) == "interrupted" and not timed_out):
+                    # the handler stopped for Ctrl-C, or a signal handler raised before its try block (sqlite3
+                    # prints and drops an exception raised in a progress handler)
                     raise KeyboardInterrupt from None
                 if attempt == 0 and "could not decode" in str(exc).lower():
                     # Text that is not UTF-8: decode it leniently and run again (SQLite's own decoding is much

@@ -282,6 +282,11 @@ class WorkerPool:
                 return
         worker.kill()
 
+    def idle_pids(self) -> list[int]:
+        """Process ids of the idle workers (to measure their memory)."""
+        with self._lock:
+            return [worker.process.pid for worker in self._idle if worker.process.pid is not None]
+
     def close(self) -> None:
         """Stop every idle worker."""
         with self._lock:
