@@ -53,14 +53,22 @@ def _expect(condition: bool, where: str, message: str) -> None:
         raise DataError(f"{where}: {message}")
 
 
-def _number(value: Any) -> bool:
-    """A finite number (JSON allows NaN, Infinity and integers too large for a float; none is a reward)."""
+def _number_problem(value: Any) -> str | None:
+    """Why ``value`` is not a finite number, or None (JSON allows NaN, Infinity and integers too large for a
+    float: none of them is a reward)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
+        return f"expected a number, got {_short(value)}"
     try:
-        return math.isfinite(value)
+        finite = math.isfinite(value)
     except OverflowError:
-        return False
+        finite = False
+    return None if finite else f"expected a finite number, got {_short(value)}"
+
+
+def _expect_number(value: Any, where: str) -> None:
+    problem = _number_problem(value)
+    if problem is not None:
+        raise DataError(f"{where}: {problem}")
 
 
 def _short(value: Any) -> str:
@@ -74,7 +82,7 @@ def _validate_step(step: Any, where: str, index: int) -> None:
     if step["kind"] != "none" or "sql" in step:
         _expect(isinstance(step.get("sql", ""), str), f"{where}.sql", "expected a string")
     if "process_reward" in step:
-        _expect(_number(step["process_reward"]), f"{where}.process_reward", f"expected a finite number, got {_short(step['process_reward'])}")
+        _expect_number(step["process_reward"], f"{where}.process_reward")
     if "links" in step:
         links = step["links"]
         _expect(isinstance(links, list) and all(isinstance(k, int) and not isinstance(k, bool) for k in links),
@@ -92,7 +100,7 @@ def _parse_line(text: str, where: str, db_root: Path) -> tuple[dict[str, Any], P
         _expect(isinstance(raw.get(key), str), f"{where}: field {key!r}", "expected a string")
     _expect(isinstance(raw.get("steps"), list), f"{where}: field 'steps'", "expected a list")
     if raw.get("outcome") is not None:
-        _expect(_number(raw["outcome"]), f"{where}: field 'outcome'", f"expected a finite number, got {_short(raw['outcome'])}")
+        _expect_number(raw["outcome"], f"{where}: field 'outcome'")
     for key in ("db_path", "gold_sql", "question"):
         if raw.get(key) is not None:
             _expect(isinstance(raw[key], str), f"{where}: field {key!r}", "expected a string")
