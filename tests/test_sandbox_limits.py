@@ -244,3 +244,18 @@ def test_fts5_rtree_and_wal_databases_are_readable_and_left_untouched(tmp_path: 
     assert execute(db, "SELECT count(*) FROM docs").rows == ((2,),)
     assert sorted(os.listdir(tmp_path)) == before  # no -wal or -shm file left beside it
     assert db.read_bytes() == content
+
+
+def test_a_worker_killed_from_outside_is_replaced(db: Path) -> None:
+    with SqlSandbox(SandboxLimits(timeout_s=5.0)) as sandbox:
+        assert sandbox.execute(db, "SELECT 1").rows == ((1,),)
+        assert sandbox.pool is not None
+        (pid,) = sandbox.pool.idle_pids()
+        os.kill(pid, signal.SIGKILL)  # while idle (as the system's OOM killer would)
+        time.sleep(0.1)
+        assert sandbox.execute(db, "SELECT count(*) FROM numbers").rows == ((200,),)
+        (pid,) = sandbox.pool.idle_pids()
+        threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()  # while busy
+        result = sandbox.execute(db, RUNAWAY_CTE)
+        assert result.error_kind == ErrorKind.TOO_LARGE and "died" in (result.error or "")
+        assert sandbox.execute(db, "SELECT 2").rows == ((2,),)

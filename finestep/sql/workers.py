@@ -270,10 +270,14 @@ class WorkerPool:
         self.killed = 0  # workers killed for overrunning their deadline (for tests and benchmarks)
 
     def _take(self) -> _Worker:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return _Worker(self.limits)
+        while True:
+            with self._lock:
+                worker = self._idle.pop() if self._idle else None
+            if worker is None:
+                return _Worker(self.limits)
+            if worker.process.is_alive():
+                return worker
+            worker.kill()  # died while idle (killed from outside): reap it and take another
 
     def _give_back(self, worker: _Worker) -> None:
         with self._lock:
@@ -330,8 +334,11 @@ class WorkerPool:
             worker.run = _Run(self._tokens, job, start, end, start)
             worker.last_event = time.perf_counter()
             db_path, queries = jobs[job]
-            worker.channel.send(("run", self._tokens, str(db_path), start, list(queries[start:end])))
             busy[worker.channel] = worker
+            try:
+                worker.channel.send(("run", self._tokens, str(db_path), start, list(queries[start:end])))
+            except OSError:  # it died between two runs: the next read of its pipe reports it, and it is replaced
+                pass
 
         def lost(worker: _Worker, kind: str, message: str) -> None:
             """The worker is gone: its running query gets ``kind``, the rest of its run goes back to the queue."""
@@ -427,6 +434,9 @@ class WorkerPool:
         run = best.run
         assert run is not None
         middle = run.running + 1 + (run.end - run.running - 1) // 2
+        try:
+            best.channel.send(("truncate", run.token, middle))
+        except OSError:
+            return  # it died: the next read of its pipe reports it
         end, run.end = run.end, middle
-        best.channel.send(("truncate", run.token, middle))
         dispatch(self._take(), run.job, middle, end)
