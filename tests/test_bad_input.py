@@ -94,6 +94,9 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
             ("model.tiny.vocab_size=1", "model.tiny.vocab_size: must be >= 272, got 1"),
             ("optim.lr=.nan", "optim.lr: expected a finite number"),
             ("trainer.device=gpu", "trainer.device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+            ("rollout.top_p=0", "rollout.top_p: top_p must be in (0, 1], got 0.0"),
+            ("rollout.temperature=-1", "rollout.temperature: temperature must be >= 0, got -1.0"),
+            ("rewards.links.link_threshold=2", "rewards.links.link_threshold: must be in [0, 1], got 2.0"),
         ]
     ],
 ]  # fmt: skip

@@ -47,6 +47,12 @@ class LinkConfig:
     link_threshold: float = 0.6  # token similarity for `repairs`
     observation_rows: int = 20  # rows of an observation whose values count as seen (what the agent is shown)
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.link_threshold <= 1:
+            raise ValueError(f"link_threshold: must be in [0, 1], got {self.link_threshold!r}")
+        if self.observation_rows < 0:
+            raise ValueError(f"observation_rows: must be >= 0, got {self.observation_rows!r}")
+
 
 @dataclass(frozen=True)
 class RewardConfig:
