@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from finestep.agent.expert import expert_trajectory
 from finestep.agent.protocol import get_protocol
 from finestep.agent.rollout import RolloutConfig
 from finestep.agent.trajectory import Step, Trajectory
@@ -40,14 +41,12 @@ from finestep.data.sqlworld import (
     ExpertConfig,
     World,
     build_world,
-    expert_trajectory,
     load_world,
     oracle_labels,
 )
 from finestep.data.task import Task
 from finestep.eval.credit_quality import bad_positive_share, pairwise_auc
-from finestep.eval.episodes import score_episodes
-from finestep.rewards import RewardConfig
+from finestep.rewards import RewardConfig, score_episodes
 from finestep.sql.compare import results_match
 from finestep.sql.executor import SqlSandbox
 from finestep.train.batch import credit_rollout

@@ -122,8 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     pin_threads()
     import numpy as np
 
-    from finestep.credit import ESTIMATORS, CreditConfig, batch_token_advantages, compute_advantages
-    from finestep.credit.reference import REFERENCES
+    from finestep.credit import (
+        ESTIMATORS,
+        REFERENCES,
+        CreditConfig,
+        batch_token_advantages,
+        compute_advantages,
+    )
 
     batch = make_batch(args.tasks, args.group, args.steps, args.seed)
     rows: list[dict] = []

@@ -1,4 +1,8 @@
-"""The ``finestep`` command line: one sub-command per job, each a thin layer over the library."""
+"""The ``finestep`` command line: one sub-command per job, each a thin layer over the library.
+
+Plugins (``FINESTEP_PLUGINS=mod1,mod2``, ``--plugin MOD``) are imported before the parser is built, so the
+choices and help it shows (estimators, protocols, benchmarks) come from the registries, plugins' entries included.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from finestep import __version__
 from finestep.data.task import DataError
+from finestep.plugins import load_plugins, plugins_from_env
 
 __all__ = ["build_parser", "default_spider_dir", "main"]
 
@@ -142,9 +147,9 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
     run_dir = args.resume or args.run_dir
     _check_output(run_dir, "--resume" if args.resume else "--run-dir", folder=True)
     if args.resume:
-        config = load_train_config(args.resume / "config.yaml", args.overrides)
+        config = load_train_config(args.resume / "config.yaml", args.overrides, args.plugin)
     else:
-        config = load_train_config(args.config, args.overrides)
+        config = load_train_config(args.config, args.overrides, args.plugin)
     with console.status("setting up (data, model, tokenizer)..."):
         trainer = RLTrainer(config, run_dir, resume=bool(args.resume))
     console.print(
@@ -401,9 +406,55 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _protocols() -> list[str]:
+    from finestep.agent.protocol import PROTOCOLS
+
+    return sorted(PROTOCOLS)
+
+
+def _benchmarks() -> list[str]:
+    from finestep.data import LOADERS
+
+    return sorted(LOADERS)
+
+
+def _estimators_help() -> str:
+    from finestep.credit import ESTIMATORS, estimator_help
+
+    return "; ".join(f"{name}: {estimator_help(name).rstrip('.')}" for name in ESTIMATORS).replace("``", "")
+
+
+def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", default=[], metavar="MOD",
+                        help="import this module (or .py file) first: it may register estimators, process rules "
+                        "or environments (repeatable; also FINESTEP_PLUGINS=mod1,mod2)")  # fmt: skip
+
+
+class _HelpConfig(argparse.Action):
+    """``--help-config``: print every config key with its default and help text, then exit (like ``--help``)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print every config key with its default and help, and exit")  # fmt: skip
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from finestep.config import format_config_help
+        from finestep.train.config import TrainConfig
+
+        print(format_config_help(TrainConfig))
+        parser.exit()
+
+
+def _plugin_arguments(argv: Sequence[str]) -> list[str]:
+    """The ``--plugin`` values of a command line, read before the parser (whose choices they extend) exists."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    return list(pre.parse_known_args(list(argv))[0].plugin)
+
+
 def _add_agent_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="local Hugging Face model folder")
-    parser.add_argument("--protocol", choices=["tags", "json"], default="tags", help="action format (default tags)")
+    parser.add_argument("--protocol", choices=_protocols(), default="tags", help="action format (default tags)")
     parser.add_argument("--max-turns", type=_positive_int, default=4, help="assistant turns at most (default 4)")
     parser.add_argument("--max-new-tokens", type=_positive_int, default=256, help="tokens per turn at most (default 256)")
     parser.add_argument("--max-total-tokens", type=_positive_int, default=2048, help="token budget per episode (default 2048)")
@@ -426,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="execution accuracy of a predictions file on Spider or BIRD",
         description="Score predicted SQL against gold SQL by executing both in the read-only sandbox.",
     )
-    ev.add_argument("--benchmark", choices=["spider", "bird"], required=True, help="which benchmark's format")
+    ev.add_argument("--benchmark", choices=_benchmarks(), required=True, help="which benchmark's format")
     ev.add_argument("--data", type=Path, help="benchmark folder (Spider: default $FINESTEP_SPIDER_DIR or ../shared/data/spider)")
     ev.add_argument("--predictions", type=Path, required=True, help="one SQL per line, BIRD's JSON dict, or JSONL {id, sql}")
     ev.add_argument("--format", choices=["lines", "bird", "jsonl"], help="predictions format (default: detected)")
@@ -462,7 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
         "rewards.process.weights.grounded=0 (bare keys are credit.* fields)",
     )
     cr.add_argument("--input", type=Path, required=True, help="trajectory JSONL file")
-    cr.add_argument("--estimator", default="finestep", help="finestep, grpo, grpo_shaped, rloo, gigpo or ps_grpo")
+    cr.add_argument("--estimator", default="finestep", metavar="NAME",
+                    help=f"the credit estimator (default finestep), a registered name: {_estimators_help()}")
+    _add_plugin_option(cr)
     cr.add_argument("--out", type=Path, help="write the scored trajectories as JSONL here")
     cr.add_argument("--db-root", type=Path, help="folder that relative db_path values start from (default: the input's folder)")
     cr.add_argument(
@@ -476,13 +529,16 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="RL training with step-level credit (rollouts, rewards, credit, PPO-clip)",
         description="Train a policy with RL. Metrics go to RUN_DIR/metrics.jsonl, checkpoints to RUN_DIR/checkpoints/.",
-        epilog="overrides: e.g. trainer.max_steps=3 credit.estimator=grpo rollout.group_size=8 optim.lr=1e-5",
+        epilog="overrides: e.g. trainer.max_steps=3 credit.estimator=grpo rollout.group_size=8 optim.lr=1e-5 "
+        "(every key: finestep train --help-config)",
     )
     source = tr.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", type=Path, help="YAML config (see configs/)")
     source.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     tr.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="output folder (default runs/train)")
     tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    tr.add_argument("--help-config", action=_HelpConfig)
+    _add_plugin_option(tr)
     tr.set_defaults(handler=_cmd_train)
 
     ae = commands.add_parser(
@@ -492,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predictions in the benchmark's own format (predictions.sql or predict_dev.json) and metrics.json.",
     )
     _add_agent_options(ae)
-    ae.add_argument("--benchmark", choices=["spider", "bird"], required=True)
+    ae.add_argument("--benchmark", choices=_benchmarks(), required=True)
     ae.add_argument("--data", type=Path, help="benchmark folder (Spider: default $FINESTEP_SPIDER_DIR)")
     ae.add_argument("--out", type=Path, default=Path("runs/agent-eval"), help="output folder")
     ae.add_argument("--limit", type=_positive_int, help="only the first N available tasks")
@@ -521,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--lr", type=_positive_float, default=1e-3)
     sf.add_argument("--batch-size", type=_positive_int, default=8)
     sf.add_argument("--max-turns", type=_positive_int, default=4, help="the turn count the prompt announces")
-    sf.add_argument("--protocol", choices=["tags", "json"], default="tags")
+    sf.add_argument("--protocol", choices=_protocols(), default="tags")
     sf.add_argument("--schema-style", choices=["create", "compact"], default="create",
                     help="prompt schema as CREATE TABLE text or one line per table (use what training will use)")
     sf.add_argument("--brief-instructions", action="store_true", help="two-line system prompt (small models)")
@@ -537,13 +593,13 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--quick", action="store_true", help="a smaller world and budget: about 2 minutes")
     dm.set_defaults(handler=_cmd_demo)
 
-    from finestep.credit.config import ABLATIONS  # the finestep-<ablation> names
+    from finestep.credit import ABLATIONS, ESTIMATORS  # the finestep-<ablation> names
 
     bn = commands.add_parser(
         "bench", help="compare estimators from one warm start with one budget, over seeds",
         description="Run every estimator (and FineStep ablations such as finestep-no_logical) from the same "
         "warm-started model with the same budget and seeds; writes results.json, results.md and learning_curves.png.",
-        epilog="estimators: finestep, grpo, grpo_shaped, rloo, gigpo, ps_grpo and finestep-<ablation> with ablation "
+        epilog=f"estimators: {', '.join(ESTIMATORS)} and finestep-<ablation> with ablation "
         f"one of {', '.join(name for name in ABLATIONS if name != 'full')} (finestep-v1: FineStep version 1)",
     )  # fmt: skip
     bn.add_argument("--estimators", default="grpo,finestep", help="comma-separated names (default grpo,finestep)")
@@ -572,6 +628,12 @@ def _quiet_libraries() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``finestep`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        load_plugins(plugins_from_env() + _plugin_arguments(argv))
+    except ValueError as exc:  # PluginError
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return 2
     args = build_parser().parse_args(argv)
     if args.command in ("train", "sft", "agent-eval", "ask", "demo", "bench"):
         _quiet_libraries()

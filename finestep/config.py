@@ -20,8 +20,11 @@ __all__ = [
     "ConfigError",
     "apply_overrides",
     "check_range",
+    "config_help",
+    "format_config_help",
     "from_dict",
     "merge_overrides",
+    "option",
     "parse_value",
     "to_dict",
 ]
@@ -147,6 +150,60 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
         if first_word in fields:  # "field must be ...": name the dotted key too
             raise ConfigError(f"{prefix}{first_word}: {message}") from None
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {message}") from None
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its help text in ``metadata["help"]`` (what ``config_help`` prints)."""
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"help": help})
+
+
+def config_help(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """``(dotted key, default, help)`` for every leaf field of dataclass ``cls``, sections expanded, in order.
+
+    The help is the field's ``metadata["help"]`` (empty when it has none; a section's fields carry their own).
+    """
+    rows: list[tuple[str, Any, str]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += config_help(hints[f.name], f"{key}.")
+        else:
+            rows.append((key, default, str(f.metadata.get("help", ""))))
+    return rows
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False)
+    return text.strip().removesuffix("\n...").strip()
+
+
+def format_config_help(cls: type, width: int = 110) -> str:
+    """Every key of dataclass config ``cls`` with its default and help, one aligned line each (help wrapped)."""
+    import textwrap
+
+    rows = [(key, _shown(default), text) for key, default, text in config_help(cls)]
+    key_width = max(len(k) for k, _, _ in rows)
+    value_width = min(12, max(len(v) for _, v, _ in rows))
+    indent = key_width + value_width + 4
+    lines = [f"{'key':<{key_width}}  {'default':<{value_width}}  help"]
+    for key, value, text in rows:
+        head = f"{key:<{key_width}}  {value:<{value_width}}  "
+        if len(value) > value_width:  # a long default gets a line of its own
+            lines.append(f"{key:<{key_width}}  {value}")
+            head = " " * indent
+        wrapped = textwrap.wrap(text, max(20, width - indent)) or [""]
+        lines.append(head + wrapped[0])
+        lines += [" " * indent + more for more in wrapped[1:]]
+    return "\n".join(lines)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -128,3 +128,32 @@ def test_example_file_runs(spider: Path, tmp_path: Path) -> None:
     b = lines[1]
     assert b["process_rewards"][1]["redundant"] == -0.3
     assert b["advantages"][1] < b["advantages"][0]  # the repeat earns less than the probe it repeats
+
+
+def test_gigpo_compares_steps_with_equal_histories(tmp_path: Path) -> None:
+    # Two trajectories of one task, everything given. Both first steps share the empty history (one anchor
+    # group); the second steps' histories differ (SELECT 1 vs SELECT 2), so they are not compared.
+    path = write(
+        tmp_path / "t.jsonl",
+        {"task_id": "q", "trajectory_id": "a", "outcome": 1.0,
+         "steps": [{"kind": "sql", "sql": "SELECT 1", "process_reward": 0.1, "links": []},
+                   {"kind": "solution", "sql": "SELECT 1", "process_reward": 0.0, "links": []}]},
+        {"task_id": "q", "trajectory_id": "b", "outcome": 0.0,
+         "steps": [{"kind": "sql", "sql": "SELECT 2", "process_reward": 0.1, "links": []},
+                   {"kind": "solution", "sql": "SELECT 2", "process_reward": 0.0, "links": []}]},
+    )  # fmt: skip
+    a = 0.5 / (math.sqrt(0.5) + 1e-6)  # GRPO on R = [1, 0]; also any anchor group of two different returns
+    grpo = [line["advantages"] for line in inspect_credit(path, "grpo", [])]
+    assert grpo == [pytest.approx([a, a]), pytest.approx([-a, -a])]
+    # gigpo: episode advantage + omega (1) * the first steps' anchor-group advantage, normalized over their
+    # returns G = 0.1 + 0.95 * 1 and 0.1 + 0.95 * 0: +-a; the second steps have no partner: 0.
+    out = tmp_path / "out.jsonl"
+    assert main(["credit", "--input", str(path), "--estimator", "gigpo", "--out", str(out), "--no-table"]) == 0
+    gigpo = [json.loads(line)["advantages"] for line in out.read_text().splitlines()]
+    assert gigpo == [pytest.approx([2 * a, a]), pytest.approx([-2 * a, -a])]
+    # with equal histories the second steps are compared too (returns 1 and 0: +-a)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines[1]["steps"][0]["sql"] = "select 1;"  # the same canonical query: the same history
+    same = write(tmp_path / "same.jsonl", *lines)
+    assert [line["advantages"] for line in inspect_credit(same, "gigpo", [])] == [
+        pytest.approx([2 * a, 2 * a]), pytest.approx([-2 * a, -2 * a])]

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from finestep.agent.expert import expert_trajectory
 from finestep.credit import ESTIMATORS, CreditConfig, StepBatch, compute_advantages
 from finestep.credit import config as credit_config
 from finestep.data.sqlworld import (
@@ -22,7 +23,6 @@ from finestep.data.sqlworld import (
     TaskMeta,
     World,
     build_world,
-    expert_trajectory,
     label_values,
     oracle_labels,
     solution_correct,

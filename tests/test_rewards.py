@@ -146,3 +146,38 @@ def test_running_a_failed_query_again_is_not_a_repair(db: Path) -> None:
     steps = run(db, ("sql", "SELECT nme FROM player"), ("sql", "select NME from player;"), ("sql", "SELECT name FROM player"))
     # step 1 repeats step 0 (same canonical form); step 2 edits it and repairs both the failure and the repeat
     assert step_links(steps, LinkConfig()) == [[], [], [0, 1]]
+
+
+def test_a_registered_rule_reaches_config_weights_scores_and_verl_bounds(db: Path) -> None:
+    from finestep.integrations.verl_layout import max_process_reward
+    from finestep.rewards import (
+        PROCESS_RULES,
+        ProcessConfig,
+        RewardStep,
+        process_rewards,
+        register_rule,
+        rule_names,
+    )
+
+    base_bound = max_process_reward(ProcessConfig())
+    assert base_bound == pytest.approx(0.1 + 0.2)  # executes_ok + progress: the positive values
+
+    @register_rule("counts_rows", value=0.05)
+    def counts_rows(t, ctx):
+        return ctx.steps[t].kind == "sql" and "count(" in (ctx.steps[t].sql or "").lower()
+
+    try:
+        assert rule_names()[-1] == "counts_rows" and ProcessConfig().weights["counts_rows"] == 1.0
+        config = ProcessConfig(weights={"counts_rows": 2.0})  # known now: no "unknown rule"
+        steps = [RewardStep("sql", "SELECT count(*) FROM player", execute(db, "SELECT count(*) FROM player")),
+                 RewardStep("solution", "SELECT count(*) FROM player")]  # fmt: skip
+        values = process_rewards(steps, config)
+        assert values[0]["counts_rows"] == pytest.approx(0.1) and values[0]["executes"] == 0.1
+        assert values[1]["counts_rows"] == 0.0  # a solution step gets only the format rule
+        assert max_process_reward(config) == pytest.approx(base_bound + 0.1)
+        with pytest.raises(ValueError, match="already registered"):
+            register_rule("counts_rows", value=1.0)(counts_rows)
+    finally:
+        PROCESS_RULES.pop("counts_rows")
+    with pytest.raises(ValueError, match="unknown rule 'counts_rows'.*plugin must be registered first"):
+        ProcessConfig(weights={"counts_rows": 2.0})

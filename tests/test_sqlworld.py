@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from finestep.agent.expert import expert_dataset, expert_trajectory
 from finestep.agent.protocol import get_protocol
 from finestep.data.sqlworld import (
     STYLES,
@@ -18,8 +19,6 @@ from finestep.data.sqlworld import (
     World,
     build_world,
     clean_expert,
-    expert_dataset,
-    expert_trajectory,
     load_world,
     solution_correct,
     write_jsonl,

@@ -188,3 +188,25 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(spider: Path, tmp_p
     assert checkpoints == ["step-000002", "step-000003"]  # keep_checkpoints = 2
     assert (interrupted / "checkpoints" / "latest").read_text().strip() == "step-000003"
     assert (interrupted / "checkpoints" / "step-000003" / "model" / "config.json").is_file()
+
+
+def test_every_config_key_has_help_and_help_config_prints_it(capsys: pytest.CaptureFixture[str]) -> None:
+    from finestep.config import config_help
+    from finestep.train.config import TrainConfig
+
+    rows = config_help(TrainConfig)
+    keys = [key for key, _, _ in rows]
+    assert len(keys) == len(set(keys)) > 80 and "credit.gamma_p" in keys and "rewards.process.weights" in keys
+    assert [key for key, _, text in rows if not text] == []  # every key documents itself
+    defaults = {key: default for key, default, _ in rows}
+    assert defaults["rollout.group_size"] == 4 and defaults["optim.betas"] == (0.9, 0.999)
+    assert defaults["rewards.process.weights"] == dict.fromkeys(
+        ["executes", "redundant", "grounded", "progress", "format"], 1.0)
+    with pytest.raises(SystemExit) as exit_info:  # like --help: no --config needed
+        main(["train", "--help-config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith(" ")}
+    assert lines["rollout.group_size"].split()[1:3] == ["4", "G,"]
+    assert lines["credit.gamma_p"].split()[1] == "0.5" and "process-return discount" in lines["credit.gamma_p"]
+    assert set(keys) <= set(lines)

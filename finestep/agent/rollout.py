@@ -1,9 +1,9 @@
-"""Multi-turn rollouts: B tasks x G samples, turn by turn, token-in/token-out, SQL through the sandbox.
+"""Multi-turn rollouts: B tasks x G samples, turn by turn, token-in/token-out, each episode an environment.
 
 Each turn the generator continues every unfinished sequence from its own tokens (the prompt, earlier turns and
-observations are never re-tokenized); the environment parses the action, runs the SQL in the sandbox (with its
-result cache) and appends the observation's tokens. An episode ends on a solution, on end-of-sequence, at
-``max_turns`` or when the token budget runs out.
+observations are never re-tokenized); the episode's environment (``finestep.env``, ``rollout.env``: ``sql`` by
+default) parses the action, runs the SQL in the sandbox and appends the observation's tokens. An episode ends on
+a solution, on end-of-sequence, at ``max_turns`` or when the token budget runs out (``finestep.env.sql``).
 """
 
 from __future__ import annotations
@@ -11,57 +11,38 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import torch
 
 from finestep.agent.generators import Generator, SamplingParams
-from finestep.agent.protocol import (
-    ObservationFormat,
-    Protocol,
-    build_messages,
-    encode_observation,
-    encode_prompt,
-)
-from finestep.agent.trajectory import Step, Trajectory
+from finestep.agent.protocol import ObservationFormat, Protocol, encode_prompt
+from finestep.agent.trajectory import Trajectory
+from finestep.config import option
 from finestep.data.task import Task
+from finestep.env import Environment, cached_schema, make_environment
 from finestep.sql.executor import SqlSandbox
-from finestep.sql.schema import schema_prompt
 
-__all__ = ["RolloutConfig", "RolloutTimes", "cached_schema", "prompt_ids", "rollout"]
+__all__ = ["RolloutConfig", "RolloutTimes", "cached_schema", "make_env", "prompt_ids", "rollout"]
 
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """How episodes are sampled.
+    """How episodes are sampled and what the environment shows (each field's help is in its metadata)."""
 
-    Attributes:
-        group_size: G, samples per task.
-        max_turns: assistant turns at most per episode.
-        max_new_tokens: tokens per turn at most.
-        max_total_tokens: generated plus observation tokens at most per episode (the token budget).
-        temperature, top_p: sampling (temperature 0 = greedy).
-        protocol: ``tags`` (``<sql>``/``<solution>``) or ``json`` (tool calls).
-        schema_sample_values: sample values per column in the prompt's schema (0: none).
-        schema_max_chars: the schema text's cap.
-        schema_style: ``create`` (CREATE TABLE text) or ``compact`` (one line per table).
-        brief_instructions: a two-line system prompt instead of the full instructions.
-        observation_rows: result rows shown per observation.
-    """
-
-    group_size: int = 4
-    max_turns: int = 4
-    max_new_tokens: int = 128
-    max_total_tokens: int = 1024
-    temperature: float = 1.0
-    top_p: float = 1.0
-    protocol: str = "tags"
-    schema_sample_values: int = 3
-    schema_max_chars: int = 6000
-    schema_style: str = "create"  # or "compact": one line per table (small models)
-    brief_instructions: bool = False  # a two-line system prompt (small models)
-    observation_rows: int = 10
+    group_size: int = option(4, help="G, samples per task")
+    max_turns: int = option(4, help="assistant turns at most per episode")
+    max_new_tokens: int = option(128, help="tokens per turn at most")
+    max_total_tokens: int = option(1024, help="generated plus observation tokens at most per episode (the budget)")
+    temperature: float = option(1.0, help="sampling temperature (0: greedy)")
+    top_p: float = option(1.0, help="nucleus sampling: the smallest token set with this much probability")
+    protocol: str = option("tags", help="action format: tags (<sql>/<solution>) or json (tool calls)")
+    schema_sample_values: int = option(3, help="sample values per column in the prompt's schema (0: none)")
+    schema_max_chars: int = option(6000, help="the prompt schema's cap in characters")
+    schema_style: str = option("create", help="create (CREATE TABLE text) or compact (a line per table: small models)")
+    brief_instructions: bool = option(False, help="a two-line system prompt instead of the full instructions")
+    observation_rows: int = option(10, help="result rows shown per observation")
+    env: str = option("sql", help="the registered environment each episode runs in (finestep.env)")
 
     def __post_init__(self) -> None:
         for name in ("group_size", "max_turns", "max_new_tokens", "max_total_tokens", "schema_max_chars"):
@@ -83,19 +64,25 @@ class RolloutTimes:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-@lru_cache(maxsize=512)
-def cached_schema(db_path: str, sample_values: int, max_chars: int, style: str = "create") -> str:
-    """The prompt schema of a database, computed once per process."""
-    return schema_prompt(db_path, sample_values=sample_values, max_chars=max_chars, style=style)
+def make_env(
+    config: RolloutConfig, protocol: Protocol | str, sandbox: SqlSandbox, tokenizer: Any = None, **settings: Any
+) -> Environment:
+    """A new environment (``config.env``) for one episode, set up as ``config`` says; ``settings`` override."""
+    defaults = {
+        "protocol": protocol, "sandbox": sandbox, "tokenizer": tokenizer, "max_turns": config.max_turns,
+        "max_total_tokens": config.max_total_tokens, "fmt": ObservationFormat(max_rows=config.observation_rows),
+        "schema_sample_values": config.schema_sample_values, "schema_max_chars": config.schema_max_chars,
+        "schema_style": config.schema_style, "brief_instructions": config.brief_instructions,
+    }  # fmt: skip
+    return make_environment(config.env, **{**defaults, **settings})
 
 
 def prompt_ids(
     question: str, evidence: str, db_path: Any, tokenizer: Any, protocol: Protocol, config: RolloutConfig
 ) -> list[int]:
-    """The prompt's token ids for a question on a database, as every rollout (and SFT) builds it."""
-    schema = cached_schema(str(db_path), config.schema_sample_values, config.schema_max_chars, config.schema_style)
-    messages = build_messages(question, schema, evidence, config.max_turns, protocol, config.brief_instructions)
-    return encode_prompt(tokenizer, messages)
+    """The prompt's token ids for a question on a database, as the environment builds them."""
+    task = Task(id="", index=0, question=question, db_id="", db_path=db_path, gold_sql="", evidence=evidence)
+    return encode_prompt(tokenizer, make_env(config, protocol, SqlSandbox(), tokenizer).prompt(task))
 
 
 def rollout(
@@ -115,63 +102,38 @@ def rollout(
     """
     times = times if times is not None else RolloutTimes()
     tokenizer = generator.tokenizer
-    fmt = ObservationFormat(max_rows=config.observation_rows)
-    trajectories: list[Trajectory] = []
+    envs: list[Environment] = []
     for task in tasks:
-        prompt = prompt_ids(task.question, task.evidence, task.db_path, tokenizer, protocol, config)
+        prompt: list[int] | None = None
         for sample in range(config.group_size):
-            trajectories.append(Trajectory(task, sample, len(prompt), list(prompt), [0.0] * len(prompt)))
+            env = make_env(config, protocol, sandbox, tokenizer)
+            env.reset(task, sample, prompt)
+            prompt = env.trajectory.token_ids[: env.trajectory.prompt_length]  # the G samples share it
+            envs.append(env)
+    trajectories = [env.trajectory for env in envs]
     params = SamplingParams(
         temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
         stop_strings=tuple(protocol.stop_strings),
     )  # fmt: skip
-    active = list(range(len(trajectories)))
-    pending: dict[int, list[int]] = {i: [] for i in active}
+    active = list(range(len(envs)))
+    pending: dict[int, Sequence[int]] = {i: () for i in active}  # observation tokens the generator has not seen
     with generator.start([t.token_ids for t in trajectories], params, rng) as session:
         for turn in range(config.max_turns):
             if not active:
                 break
-            budgets = [
-                max(1, min(config.max_new_tokens, config.max_total_tokens - trajectories[i].n_used - len(pending[i])))
-                for i in active
-            ]
+            budgets = [max(1, min(config.max_new_tokens, config.max_total_tokens - trajectories[i].n_used))
+                       for i in active]  # fmt: skip
             start = time.perf_counter()
             generations = session.generate(active, [pending[i] for i in active], budgets)
             times.generate += time.perf_counter() - start
+            executed = sum(getattr(envs[i], "execute_seconds", 0.0) for i in active)
             still_active = []
             for i, generation in zip(active, generations):
-                traj = trajectories[i]
-                traj.token_ids.extend(pending[i])
-                traj.logprobs.extend([0.0] * len(pending[i]))
-                begin = len(traj.token_ids)
-                traj.token_ids.extend(generation.token_ids)
-                traj.logprobs.extend(generation.logprobs)
-                action = protocol.parse_action(generation.text)
-                step = Step(generation.text, action, (begin, len(traj.token_ids)), stop_reason=generation.stop_reason)
-                traj.steps.append(step)
-                pending[i] = []
-                start = time.perf_counter()
-                if action.sql and action.error is None and action.kind in ("sql", "solution"):
-                    step.result = sandbox.execute(traj.task.db_path, action.sql)
-                times.execute += time.perf_counter() - start
-                turns_left = config.max_turns - turn - 1
-                if action.kind == "solution" and action.error is None and not step.truncated:
-                    traj.end_reason = "solution"
-                elif generation.stop_reason == "eos":
-                    traj.end_reason = "eos"
-                elif turns_left == 0:
-                    traj.end_reason = "max_turns"
-                else:
-                    error = action.error or ("cut off by the token limit" if step.truncated else None)
-                    step.observation = protocol.observation_text(step.result, error, turns_left, fmt)
-                    observation_ids = encode_observation(tokenizer, step.observation)
-                    if traj.n_used + len(pending[i]) + len(observation_ids) >= config.max_total_tokens:
-                        traj.end_reason = "budget"
-                        step.observation = None
-                    else:
-                        pending[i] = observation_ids
-                        step.observation_span = (len(traj.token_ids), len(traj.token_ids) + len(observation_ids))
-                        still_active.append(i)
+                out = envs[i].step(generation.text, generation.token_ids, generation.logprobs, generation.stop_reason)
+                pending[i] = out.observation_ids
+                if not out.done:
+                    still_active.append(i)
+            times.execute += sum(getattr(envs[i], "execute_seconds", 0.0) for i in active) - executed
             active = still_active
             if on_turn is not None:
                 on_turn(turn, trajectories)

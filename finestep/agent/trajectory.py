@@ -10,13 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finestep.agent.protocol import Action
+from finestep.data.steps import RewardStep
 from finestep.data.task import Task
-from finestep.rewards.steps import RewardStep
 from finestep.sql.executor import ExecutionResult
 
-__all__ = ["END_REASONS", "Step", "Trajectory"]
+__all__ = ["END_BUDGET", "END_EOS", "END_MAX_TURNS", "END_REASONS", "END_SOLUTION", "Step", "Trajectory"]
 
-END_REASONS = ("solution", "max_turns", "budget", "eos")
+# Why an episode ended (``Trajectory.end_reason``), written by the environment (``finestep.env``) and nowhere else:
+END_SOLUTION = "solution"  # a well-formed, complete solution was submitted
+END_MAX_TURNS = "max_turns"  # the turn limit was reached
+END_BUDGET = "budget"  # the next observation would exhaust the token budget
+END_EOS = "eos"  # the model ended its text (end-of-sequence) without a solution
+END_REASONS = (END_SOLUTION, END_MAX_TURNS, END_BUDGET, END_EOS)
 
 
 @dataclass
@@ -68,7 +73,7 @@ class Trajectory:
     token_ids: list[int]
     logprobs: list[float]
     steps: list[Step] = field(default_factory=list)
-    end_reason: str = "max_turns"
+    end_reason: str = END_MAX_TURNS
 
     @property
     def n_used(self) -> int:

@@ -23,8 +23,8 @@ from finestep.bench.pipeline import PipelineConfig, evaluate_model, pipeline_pat
 from finestep.bench.report import markdown_table, plot_curves, trajectories_html
 from finestep.config import to_dict
 from finestep.data.sqlworld import load_world
-from finestep.eval.episodes import score_episodes
 from finestep.models import load_model, load_tokenizer
+from finestep.rewards import score_episodes
 from finestep.sql.executor import SqlSandbox
 from finestep.train.batch import credit_rollout
 from finestep.train.config import TinyModelConfig, TrainConfig

@@ -16,17 +16,19 @@ from typing import Any
 
 import torch
 
+from finestep.agent.expert import expert_dataset
 from finestep.agent.generators import get_generator
 from finestep.agent.protocol import ObservationFormat, get_protocol
 from finestep.agent.rollout import RolloutConfig, cached_schema, rollout
 from finestep.agent.trajectory import Trajectory
 from finestep.atomic import atomic_write_json
 from finestep.config import to_dict
-from finestep.data.sqlworld import ExpertConfig, build_world, expert_dataset, load_world, write_jsonl
+from finestep.data.sqlworld import ExpertConfig, build_world, load_world, write_jsonl
 from finestep.data.task import Task
-from finestep.eval.episodes import episode_metrics, score_episodes
+from finestep.env import SqlEnv
+from finestep.eval.episodes import episode_metrics
 from finestep.models import build_tiny_model, load_model, load_tokenizer
-from finestep.rewards import RewardConfig
+from finestep.rewards import RewardConfig, score_episodes
 from finestep.sql.executor import SqlSandbox, execute
 from finestep.train.config import TinyModelConfig, TrainConfig, load_train_config
 from finestep.train.rl import RLTrainer
@@ -66,6 +68,7 @@ class PipelineConfig:
 def _corpus(tasks: list[Task], expert_lines: list[dict[str, Any]], prompt: RolloutConfig) -> list[str]:
     """Everything the agent will read or write: instructions, schemas, questions, SQL, turns and observations."""
     protocol = get_protocol(prompt.protocol)
+    env = SqlEnv(protocol, fmt=ObservationFormat())  # observations as the environment writes them
     texts = [protocol.brief_instructions(prompt.max_turns), protocol.instructions(prompt.max_turns)]
     texts += [cached_schema(str(p), prompt.schema_sample_values, prompt.schema_max_chars, prompt.schema_style)
               for p in sorted({t.db_path for t in tasks})]  # fmt: skip
@@ -74,8 +77,7 @@ def _corpus(tasks: list[Task], expert_lines: list[dict[str, Any]], prompt: Rollo
         for step in line["steps"]:
             texts.append(step.get("text", ""))
             if step.get("sql"):
-                texts.append(protocol.observation_text(execute(line["db_path"], step["sql"]), None, 2,
-                                                       ObservationFormat()))  # fmt: skip
+                texts.append(env.observation(execute(line["db_path"], step["sql"]), None, 2))
     return texts
 
 

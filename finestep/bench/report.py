@@ -13,7 +13,7 @@ import numpy as np
 
 from finestep.agent.trajectory import Trajectory
 from finestep.atomic import atomic_write_bytes, atomic_write_text
-from finestep.eval.episodes import EpisodeScore
+from finestep.rewards import ScoredTrajectory
 
 __all__ = ["DIAGNOSTIC_KEYS", "markdown_table", "plot_curves", "plot_diagnostics", "trajectories_html"]
 
@@ -129,7 +129,7 @@ th { background: #f4f4f4; text-align: left; } pre { margin: 0; white-space: pre-
 
 def trajectories_html(
     trajectories: Sequence[Trajectory],
-    scores: Sequence[EpisodeScore],
+    scores: Sequence[ScoredTrajectory],
     advantages: np.ndarray,
     path: Path,
     title: str = "FineStep trajectories",

@@ -9,12 +9,17 @@ from __future__ import annotations
 from finestep.credit.batch import StepBatch, history_anchors
 from finestep.credit.config import ABLATIONS, CreditConfig
 from finestep.credit.estimators import (
+    ANCHOR_ESTIMATORS,
     ESTIMATORS,
+    REFERENCES,
     Estimator,
     StepAdvantages,
     UnknownEstimatorError,
     compute_advantages,
+    estimator_help,
     get_estimator,
+    get_reference,
+    reference_advantages,
     register_estimator,
 )
 from finestep.credit.ops import discounted_reverse_cumsum, group_normalize, link_smooth
@@ -27,7 +32,9 @@ from finestep.credit.tokens import (
 
 __all__ = [
     "ABLATIONS",
+    "ANCHOR_ESTIMATORS",
     "ESTIMATORS",
+    "REFERENCES",
     "CreditConfig",
     "Estimator",
     "StepAdvantages",
@@ -37,10 +44,13 @@ __all__ = [
     "batch_token_advantages",
     "compute_advantages",
     "discounted_reverse_cumsum",
+    "estimator_help",
     "get_estimator",
+    "get_reference",
     "group_normalize",
     "history_anchors",
     "link_smooth",
+    "reference_advantages",
     "register_estimator",
     "spans_to_mask",
     "step_to_token_advantages",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from finestep.credit import reference
 from finestep.credit.batch import StepBatch
 from finestep.credit.config import CreditConfig
 from finestep.credit.ops import (
@@ -29,12 +30,17 @@ from finestep.credit.ops import (
 )
 
 __all__ = [
+    "ANCHOR_ESTIMATORS",
     "ESTIMATORS",
+    "REFERENCES",
     "Estimator",
     "StepAdvantages",
     "UnknownEstimatorError",
     "compute_advantages",
+    "estimator_help",
     "get_estimator",
+    "get_reference",
+    "reference_advantages",
     "register_estimator",
 ]
 
@@ -63,20 +69,37 @@ class StepAdvantages:
 
 
 Estimator = Callable[[StepBatch, CreditConfig], StepAdvantages]
+Reference = Callable[[StepBatch, CreditConfig], np.ndarray]
 ESTIMATORS: dict[str, Estimator] = {}
+#: loop references of the estimators that have one (``credit.reference``): the tests' ground truth.
+REFERENCES: dict[str, Reference] = {}
+#: estimators that compare steps through ``StepBatch.anchor`` (without anchors they reduce to another one).
+ANCHOR_ESTIMATORS: set[str] = set()
 
 
 class UnknownEstimatorError(ValueError):
     """Raised by ``get_estimator`` for a name that is not registered."""
 
 
-def register_estimator(name: str) -> Callable[[Estimator], Estimator]:
-    """Decorator registering ``fn(batch, config) -> StepAdvantages`` under ``name`` (names are unique)."""
+def register_estimator(
+    name: str, *, reference: Reference | None = None, uses_anchors: bool = False
+) -> Callable[[Estimator], Estimator]:
+    """Decorator registering ``fn(batch, config) -> StepAdvantages`` under ``name`` (names are unique).
+
+    ``reference``: a slow loop implementation ``ref(batch, config) -> (S,) advantages`` of the same definition,
+    which the tests compare the estimator with (every registered reference is tested). ``uses_anchors``: the
+    estimator needs ``StepBatch.anchor`` (GiGPO); integrations that cannot provide anchors (verl) leave it out.
+    The first line of ``fn``'s docstring is its help text (``finestep credit --help``).
+    """
 
     def decorate(fn: Estimator) -> Estimator:
         if name in ESTIMATORS:
             raise ValueError(f"estimator {name!r} is already registered")
         ESTIMATORS[name] = fn
+        if reference is not None:
+            REFERENCES[name] = reference
+        if uses_anchors:
+            ANCHOR_ESTIMATORS.add(name)
         return fn
 
     return decorate
@@ -90,6 +113,26 @@ def get_estimator(name: str) -> Estimator:
         raise UnknownEstimatorError(
             f"unknown credit estimator {name!r}; registered estimators: {', '.join(sorted(ESTIMATORS))}"
         ) from None
+
+
+def get_reference(name: str) -> Reference | None:
+    """The loop reference registered with estimator ``name``, or None."""
+    get_estimator(name)
+    return REFERENCES.get(name)
+
+
+def reference_advantages(batch: StepBatch, config: CreditConfig) -> np.ndarray:
+    """(S,) advantages of ``config.estimator`` computed by its registered loop reference (ValueError if none)."""
+    ref = get_reference(config.estimator)
+    if ref is None:
+        raise ValueError(f"estimator {config.estimator!r} has no loop reference; those with one: {sorted(REFERENCES)}")
+    return ref(batch, config)
+
+
+def estimator_help(name: str) -> str:
+    """The first line of the docstring of the estimator registered under ``name``."""
+    doc = (get_estimator(name).__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
 
 
 def compute_advantages(batch: StepBatch, config: CreditConfig) -> StepAdvantages:
@@ -162,7 +205,7 @@ def _process_advantage(
     return out
 
 
-@register_estimator("finestep")
+@register_estimator("finestep", reference=reference.ref_finestep)
 def finestep(batch: StepBatch, config: CreditConfig) -> StepAdvantages:
     """FineStep (FINESTEP.md section 2, version 2 by default): temporal, logical and group-relative step credit.
 
@@ -199,7 +242,7 @@ def _trajectory_level(batch: StepBatch, score: np.ndarray, config: CreditConfig)
     return StepAdvantages(advantages=A_traj[batch.traj], extras={"trajectory_advantage": A_traj})
 
 
-@register_estimator("grpo")
+@register_estimator("grpo", reference=reference.ref_grpo)
 def grpo(batch: StepBatch, config: CreditConfig) -> StepAdvantages:
     """GRPO: ``A_i = (R_i - mean R) / (std R + eps)`` over the group's trajectories, on every step of i.
 
@@ -208,14 +251,14 @@ def grpo(batch: StepBatch, config: CreditConfig) -> StepAdvantages:
     return _trajectory_level(batch, batch.outcome, config)
 
 
-@register_estimator("grpo_shaped")
+@register_estimator("grpo_shaped", reference=reference.ref_grpo_shaped)
 def grpo_shaped(batch: StepBatch, config: CreditConfig) -> StepAdvantages:
     """GRPO on the shaped score ``R_i + sum_t r_{i,t}``: process rewards without step-level assignment."""
     score = batch.outcome + np.bincount(batch.traj, weights=batch.process_reward, minlength=batch.n_traj)
     return _trajectory_level(batch, score, config)
 
 
-@register_estimator("rloo")
+@register_estimator("rloo", reference=reference.ref_rloo)
 def rloo(batch: StepBatch, config: CreditConfig) -> StepAdvantages:
     """RLOO: ``A_i = R_i - mean_{j != i} R_j = G/(G-1) (R_i - mean R)`` on every step; 0 in a group of one.
 
@@ -232,7 +275,7 @@ def _step_rewards(batch: StepBatch) -> np.ndarray:
     return batch.process_reward + np.where(batch.remaining == 0, batch.outcome[batch.traj], 0.0)
 
 
-@register_estimator("gigpo")
+@register_estimator("gigpo", reference=reference.ref_gigpo, uses_anchors=True)
 def gigpo(batch: StepBatch, config: CreditConfig) -> StepAdvantages:
     """GiGPO: episode advantage (GRPO on R) plus ``omega *`` anchor-state step advantage.
 
@@ -276,7 +319,7 @@ def gigpo(batch: StepBatch, config: CreditConfig) -> StepAdvantages:
     )
 
 
-@register_estimator("ps_grpo")
+@register_estimator("ps_grpo", reference=reference.ref_ps_grpo)
 def ps_grpo(batch: StepBatch, config: CreditConfig) -> StepAdvantages:
     """Process-supervised GRPO (DeepSeekMath): normalize step rewards over the group, sum them to the end.
 

@@ -7,7 +7,6 @@ with the vectorized estimators (only the ``ZERO_SPREAD_RTOL`` constant). Slow; f
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 
@@ -15,7 +14,15 @@ from finestep.credit.batch import StepBatch
 from finestep.credit.config import CreditConfig
 from finestep.credit.ops import ZERO_SPREAD_RTOL
 
-__all__ = ["REFERENCES", "reference_advantages"]
+__all__ = [
+    "ref_finestep",
+    "ref_gigpo",
+    "ref_grpo",
+    "ref_grpo_shaped",
+    "ref_ps_grpo",
+    "ref_rloo",
+    "reference_advantages",
+]
 
 
 def _trajectories(batch: StepBatch) -> list[dict]:
@@ -245,18 +252,10 @@ def ref_ps_grpo(batch: StepBatch, config: CreditConfig) -> np.ndarray:
     return out
 
 
-REFERENCES: dict[str, Callable[[StepBatch, CreditConfig], np.ndarray]] = {
-    "finestep": ref_finestep,
-    "grpo": ref_grpo,
-    "grpo_shaped": ref_grpo_shaped,
-    "rloo": ref_rloo,
-    "gigpo": ref_gigpo,
-    "ps_grpo": ref_ps_grpo,
-}
-
-
 def reference_advantages(batch: StepBatch, config: CreditConfig) -> np.ndarray:
-    """(S,) advantages of ``config.estimator`` computed by the loop reference."""
-    if config.estimator not in REFERENCES:
-        raise ValueError(f"no reference for {config.estimator!r}; expected one of {sorted(REFERENCES)}")
-    return REFERENCES[config.estimator](batch, config)
+    """(S,) advantages of ``config.estimator`` by its loop reference (registered beside the estimator)."""
+    from finestep.credit.estimators import (
+        reference_advantages as by_registry,  # the registry imports this module
+    )
+
+    return by_registry(batch, config)

@@ -14,10 +14,10 @@ from finestep.agent.rollout import RolloutConfig, rollout
 from finestep.agent.trajectory import Trajectory
 from finestep.atomic import atomic_write_json, atomic_write_text
 from finestep.data.task import Benchmark, Task
-from finestep.eval.episodes import episode_metrics, score_episodes
+from finestep.eval.episodes import episode_metrics
 from finestep.eval.execution import EvalReport, score_predictions
 from finestep.eval.predictions import BIRD_SEPARATOR
-from finestep.rewards import RewardConfig
+from finestep.rewards import RewardConfig, score_episodes
 from finestep.sql.executor import SqlSandbox
 
 __all__ = ["ask", "predictions_text", "run_agent_eval"]

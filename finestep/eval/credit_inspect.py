@@ -13,9 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from finestep.config import apply_overrides
-from finestep.credit import CreditConfig, StepBatch, compute_advantages
-from finestep.rewards.config import RULE_NAMES, RewardConfig
-from finestep.rewards.records import ScoredTrajectory, read_trajectories, score_trajectory
+from finestep.credit import CreditConfig, compute_advantages
+from finestep.rewards import RewardConfig, score_record, step_batch
+from finestep.rewards.records import read_trajectories
 from finestep.sql.executor import SqlSandbox
 
 __all__ = ["InspectConfig", "inspect_credit", "print_credit_tables", "resolve_overrides"]
@@ -45,7 +45,8 @@ def _finite(values: np.ndarray | None, index: int) -> float | None:
 def inspect_credit(
     path: str | Path, estimator: str, overrides: list[str], db_root: str | Path | None = None
 ) -> list[dict[str, Any]]:
-    """Score every trajectory of ``path`` and compute step advantages with ``estimator``.
+    """Score every trajectory of ``path`` (``finestep.rewards``' one scoring path, anchors included) and compute
+    step advantages with ``estimator``.
 
     Returns the input lines (as dicts, in input order) with ``outcome`` and the steps' ``process_reward`` and
     ``links`` filled in where they were missing, and ``process_rewards`` (per rule, ``None`` where the reward was
@@ -54,29 +55,21 @@ def inspect_credit(
     """
     config = apply_overrides(InspectConfig(), resolve_overrides([f"estimator={estimator}", *overrides]))
     sandbox = SqlSandbox()
-    scored: list[ScoredTrajectory] = [
-        score_trajectory(record, sandbox, config.rewards) for record in read_trajectories(path, db_root)
-    ]
-    batch = StepBatch.from_lists(
-        groups=[s.record.task_id for s in scored],
-        outcomes=[s.outcome for s in scored],
-        process_rewards=[s.process_reward for s in scored],
-        is_solution=[s.is_solution for s in scored],
-        links=[s.links for s in scored],
-    )
-    result = compute_advantages(batch, config.credit)
+    records = read_trajectories(path, db_root)
+    scored = [score_record(record, sandbox, config.rewards) for record in records]
+    result = compute_advantages(step_batch(scored), config.credit)
     lines = []
     flat = 0
-    for s in scored:
-        line = dict(s.record.raw)
+    for record, s in zip(records, scored):
+        line = dict(record.raw)
         line["outcome"] = s.outcome
         line["steps"] = [
             {**step, "process_reward": s.process_reward[t], "links": s.links[t]}
-            for t, step in enumerate(s.record.steps)
+            for t, step in enumerate(record.steps)
         ]
         line["process_rewards"] = s.rule_values
         line["step_returns"], line["advantages"] = [], []
-        for _ in s.record.steps:
+        for _ in record.steps:
             line["step_returns"].append({
                 "process": _finite(result.process_return, flat),
                 "smoothed_process": _finite(result.smoothed_process_return, flat),
@@ -115,7 +108,7 @@ def print_credit_tables(lines: list[dict[str, Any]], console: Console, sql_width
                 rules = line["process_rewards"][t]
                 fired = (
                     "(given)" if rules is None
-                    else " ".join(f"{n}{rules[n]:+.1f}" for n in RULE_NAMES if rules.get(n, 0.0) != 0.0)
+                    else " ".join(f"{name}{value:+.1f}" for name, value in rules.items() if value != 0.0)
                 )  # fmt: skip
                 sql = (step.get("sql") or "").replace("\n", " ")
                 returns = line["step_returns"][t]

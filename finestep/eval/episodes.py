@@ -1,58 +1,20 @@
-"""Scoring rollout episodes: outcome and process rewards, links, and the efficiency metrics of FINESTEP.md.
+"""The efficiency metrics of FINESTEP.md over scored rollout episodes (EX, tool calls, redundant calls, errors).
 
-Used by the trainer (rewards for credit) and by ``finestep agent-eval`` (EX and efficiency on a benchmark).
+Scoring itself is ``finestep.rewards.scoring`` (``score_episodes``, re-exported here with ``EpisodeScore``, its
+``ScoredTrajectory``, for older callers); evaluation only consumes the scores.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from finestep.agent.trajectory import Trajectory
-from finestep.rewards import RewardConfig, outcome_reward, process_rewards, step_links
-from finestep.rewards.process import total_process_reward
+from finestep.rewards.scoring import ScoredTrajectory, score_episodes
 from finestep.sql.analysis import canonical_sql
-from finestep.sql.executor import SqlSandbox
-from finestep.sql.schema import schema_columns
 
 __all__ = ["EpisodeScore", "episode_metrics", "score_episodes"]
 
-
-@dataclass
-class EpisodeScore:
-    """The rewards of one trajectory: R, per-step rule values and r_t, links."""
-
-    outcome: float
-    rule_values: list[dict[str, float]]
-    process_reward: list[float]
-    links: list[list[int]]
-
-    @property
-    def correct(self) -> bool:
-        return self.outcome > 0
-
-
-def score_episodes(trajectories: Sequence[Trajectory], sandbox: SqlSandbox, config: RewardConfig) -> list[EpisodeScore]:
-    """Rewards of every trajectory; the gold query of each task runs once (through the sandbox's cache)."""
-    scores = []
-    for traj in trajectories:
-        task = traj.task
-        gold = sandbox.execute(task.db_path, task.gold_sql)
-        if not gold.ok:
-            raise ValueError(f"task {task.id}: the gold query fails on {task.db_path}: {gold.error}")
-        steps = [s.reward_view() for s in traj.steps]
-        rules = process_rewards(
-            steps, config.process, schema_columns(task.db_path), gold.rows, task.gold_sql, config.outcome.metric
-        )
-        scores.append(
-            EpisodeScore(
-                outcome=outcome_reward(steps, gold.rows, task.gold_sql, config.outcome),
-                rule_values=rules,
-                process_reward=[total_process_reward(r) for r in rules],
-                links=step_links(steps, config.links, f"{task.question}\n{task.evidence}"),
-            )
-        )
-    return scores
+EpisodeScore = ScoredTrajectory
 
 
 def _repeats(trajectory: Trajectory) -> int:
@@ -68,7 +30,7 @@ def _repeats(trajectory: Trajectory) -> int:
     return repeats
 
 
-def episode_metrics(trajectories: Sequence[Trajectory], scores: Sequence[EpisodeScore]) -> dict[str, float]:
+def episode_metrics(trajectories: Sequence[Trajectory], scores: Sequence[ScoredTrajectory]) -> dict[str, float]:
     """EX and efficiency: tool calls, redundant-call rate, error-step rate, turns, format failures, tokens.
 
     Rates are over all tool calls of the batch; per-task figures are means over trajectories.

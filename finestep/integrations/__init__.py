@@ -2,10 +2,11 @@
 
 verl (docs/scale.md):
 - ``verl``: the plugin verl imports (``VERL_USE_EXTERNAL_MODULES=finestep.integrations.verl``): registers the
-  estimators with verl's ``register_adv_est`` and the ``finestep_sql`` agent loop;
+  registry's estimators (plugins' too) with verl's ``register_adv_est`` and the ``finestep_sql`` agent loop;
 - ``verl_layout``: FineStep's reward layout in verl's token tensors and the credit computed from it
   (numpy and torch only: no verl import);
-- ``verl_sql``: the SQL environment of one trajectory (actions, sandbox, observations, rewards), no verl import;
+- ``verl_sql``: one trajectory in FineStep's SQL environment (``finestep.env``) over verl's response tokens, with
+  its response mask, rewards and per-token rewards; no verl import;
 - ``verl_agent``: the ``finestep_sql`` agent loop (imports verl);
 - ``verl_data``: BIRD or Spider questions as verl parquet rows (``python -m finestep.integrations.verl_data``).
 """

@@ -2,11 +2,13 @@
 
     export VERL_USE_EXTERNAL_MODULES=finestep.integrations.verl   # read by ``import verl`` in every process
 
-Importing it registers, with verl's ``register_adv_est``, the estimators ``finestep``, ``grpo_shaped`` and
-``ps_grpo`` (``algorithm.adv_estimator=finestep``), and the ``finestep_sql`` agent loop (``verl_agent``).
+Importing it imports the plugins of ``FINESTEP_PLUGINS`` (``finestep.plugins``), then registers, with verl's
+``register_adv_est``, every estimator of ``finestep.credit``'s registry that verl does not define itself and that
+needs no GiGPO anchors (which verl's tensors cannot carry): ``finestep``, ``grpo_shaped``, ``ps_grpo`` and those of
+the plugins (``algorithm.adv_estimator=finestep``), and the ``finestep_sql`` agent loop (``verl_agent``).
 Each estimator reads FineStep's tensors layout (``verl_layout``): steps are the runs of model tokens in
 ``response_mask``, ``r_t`` sits at the last token of each turn and ``R`` at the last token of the trajectory;
-the arithmetic is ``finestep.credit``'s (``compute_advantages`` and ``step_to_token_advantages``). Settings come
+the arithmetic is ``finestep.credit``'s (``compute_advantages`` and ``batch_token_advantages``). Settings come
 from ``algorithm.finestep`` (``configs_from_verl``). Written against verl 0.9.1.
 """
 
@@ -16,16 +18,29 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from verl.trainer.ppo.core_algos import register_adv_est
+from verl.trainer.ppo.core_algos import get_adv_estimator_fn, register_adv_est
 
+from finestep.credit import ANCHOR_ESTIMATORS, ESTIMATORS
 from finestep.integrations import verl_agent
 from finestep.integrations.verl_layout import configs_from_verl, token_advantages
+from finestep.plugins import load_plugins, plugins_from_env
 
 __all__ = ["ESTIMATOR_NAMES", "make_estimator"]
 
-#: FineStep's names in verl's estimator registry (verl's own ``grpo`` and ``rloo`` stay verl's).
-ESTIMATOR_NAMES = ("finestep", "grpo_shaped", "ps_grpo")
 _ = verl_agent.FineStepSqlAgentLoop  # registered with verl's agent-loop registry on import
+
+
+def _verl_defines(name: str) -> bool:
+    try:
+        get_adv_estimator_fn(name)
+    except ValueError:
+        return False
+    return True
+
+
+load_plugins(plugins_from_env())
+#: FineStep's names in verl's estimator registry (verl's own ``grpo`` and ``rloo`` stay verl's).
+ESTIMATOR_NAMES = tuple(name for name in ESTIMATORS if name not in ANCHOR_ESTIMATORS and not _verl_defines(name))
 
 
 def make_estimator(name: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:

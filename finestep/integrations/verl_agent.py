@@ -3,7 +3,9 @@
 Registered with verl's ``@register("finestep_sql")`` (and listed in ``configs/verl/agent_loop.yaml``). Per data
 row it builds the prompt from ``raw_prompt`` with verl's tokenizer path, then turn by turn: generates on verl's
 LLM server (vLLM or SGLang) until ``</sql>`` / ``</solution>``, end-of-sequence or the turn's token limit; runs
-the action through ``SqlEpisode`` (``finestep.sql``'s sandbox); appends the observation's tokens with mask 0.
+the turn through FineStep's SQL environment (``SqlEpisode``: ``finestep.env.SqlEnv`` with verl's tokenizer and
+the response length as the token budget), which runs the SQL in the sandbox and appends the observation's
+tokens with mask 0.
 At the end it scores the episode with FineStep's rewards and returns the response with per-token rewards in
 the layout of ``verl_layout`` (``r_t`` at the last token of turn t, ``R`` added at the last token).
 
@@ -30,7 +32,8 @@ from pydantic import Field
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
 from verl.utils.profiler import simple_timer
 
-from finestep.agent.protocol import ObservationFormat, encode_observation, get_protocol
+from finestep.agent.protocol import ObservationFormat, get_protocol
+from finestep.agent.trajectory import END_BUDGET
 from finestep.eval.episodes import episode_metrics
 from finestep.integrations.verl_layout import configs_from_verl
 from finestep.integrations.verl_sql import SqlEpisode, task_from_extra_info
@@ -92,22 +95,21 @@ class FineStepSqlAgentLoop(AgentLoopBase):
         self.sandbox = _SANDBOXES.setdefault(sql_timeout_s, SqlSandbox(SandboxLimits(timeout_s=sql_timeout_s)))
         self.stop = stop_params(str(self.rollout_config.get("name", "vllm")), self.protocol.stop_strings)
 
-    def _turn_budget(self, used: int) -> int:
-        return min(self.max_tokens_per_turn, self.response_length - used)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         """One episode for one data row (``raw_prompt``, ``extra_info`` with the task); see the module docstring."""
         episode = SqlEpisode(
-            task_from_extra_info(kwargs.get("extra_info") or {}), self.protocol, self.sandbox, self.max_turns, self.fmt
-        )
+            task_from_extra_info(kwargs.get("extra_info") or {}), self.protocol, self.sandbox, self.max_turns, self.fmt,
+            tokenizer=self.tokenizer, max_total_tokens=self.response_length,
+        )  # fmt: skip
         prompt_ids = await self.ct_build_initial_tokens(list(kwargs["raw_prompt"]))
         metrics: dict[str, Any] = {}
         request_id = uuid4().hex
         eos_ids = {self.tokenizer.eos_token_id} - {None}
         while not episode.done:
-            budget = self._turn_budget(episode.n_tokens)
+            budget = min(self.max_tokens_per_turn, episode.tokens_left or 0)
             if budget < 1:
-                episode.end("budget")
+                episode.end(END_BUDGET)
                 break
             with simple_timer("generate_sequences", metrics):
                 output = await self.server_manager.generate(
@@ -126,14 +128,7 @@ class FineStepSqlAgentLoop(AgentLoopBase):
                 truncated=len(tokens) >= budget and not stopped, eos=eos,
             )  # fmt: skip
             with simple_timer("tool_calls", metrics):  # SQL runs off the event loop: other episodes go on
-                observation = await asyncio.get_running_loop().run_in_executor(None, turn)
-            if observation is None:
-                break
-            obs_ids = encode_observation(self.tokenizer, observation)
-            if episode.n_tokens + len(obs_ids) >= self.response_length:
-                episode.end("budget")
-                break
-            episode.add_observation(obs_ids)
+                await asyncio.get_running_loop().run_in_executor(None, turn)  # the episode appends the observation
         output = partial(self._output, episode, prompt_ids, metrics, bool(sampling_params.get("logprobs")))
         return await asyncio.get_running_loop().run_in_executor(None, output)  # scoring runs the gold query
 

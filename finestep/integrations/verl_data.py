@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from finestep.agent.protocol import build_messages
+from finestep.agent.protocol import PROTOCOLS, build_messages
 from finestep.data import load_bird, load_spider
 from finestep.data.task import Task
 from finestep.sql.executor import SqlSandbox
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="parquet file to write")
     parser.add_argument("--max-turns", type=int, default=5, help="turn limit stated in the prompt; keep it equal "
                         "to actor_rollout_ref.rollout.multi_turn.max_assistant_turns")  # fmt: skip
-    parser.add_argument("--protocol", default="tags", choices=("tags", "json"))
+    parser.add_argument("--protocol", default="tags", choices=sorted(PROTOCOLS))
     parser.add_argument("--schema-sample-values", type=int, default=3)
     parser.add_argument("--schema-max-chars", type=int, default=12_000)
     parser.add_argument("--limit", type=int, default=None, help="first N questions only")

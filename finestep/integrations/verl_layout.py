@@ -43,10 +43,8 @@ import numpy as np
 import torch
 
 from finestep.config import from_dict
-from finestep.credit import ABLATIONS, CreditConfig, StepBatch, compute_advantages
-from finestep.credit.tokens import step_to_token_advantages
-from finestep.rewards.config import RULE_NAMES, ProcessConfig, RewardConfig
-from finestep.rewards.process import PROCESS_RULES
+from finestep.credit import ABLATIONS, CreditConfig, StepBatch, batch_token_advantages, compute_advantages
+from finestep.rewards import PROCESS_RULES, ProcessConfig, RewardConfig
 
 __all__ = [
     "RewardReader",
@@ -62,18 +60,12 @@ __all__ = [
 
 
 def max_process_reward(config: ProcessConfig) -> float:
-    """The largest ``r_t`` the process rules can give one step: the sum of each rule's largest weighted value."""
-    extra = sorted(set(PROCESS_RULES) - set(RULE_NAMES))
-    if extra:
-        raise ValueError(f"cannot bound process rules {extra}: the verl layout knows only {list(RULE_NAMES)}")
-    values = {
-        "executes": (config.executes_ok, config.executes_error, config.executes_timeout),
-        "redundant": (config.redundant,),
-        "grounded": (config.ungrounded,),
-        "progress": (config.progress,),
-        "format": (config.format,),
-    }
-    return float(sum(max(0.0, *(config.weights.get(name, 1.0) * v for v in values[name])) for name in RULE_NAMES))
+    """The largest ``r_t`` the process rules can give one step: the sum of each registered rule's largest weighted
+    value (``ProcessRule.possible_values``; a rule that declares none cannot be bounded: ValueError)."""
+    return float(sum(
+        max(0.0, *(config.weights.get(name, 1.0) * v for v in rule.possible_values(config)))
+        for name, rule in PROCESS_RULES.items()
+    ))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -301,10 +293,8 @@ def token_advantages(
     )
     batch = layout.batch
     steps = compute_advantages(batch, credit)
-    tokens = step_to_token_advantages(
-        steps.advantages, batch.traj, layout.spans,
-        np.full(batch.n_traj, layout.width, dtype=np.int64), batch.group_index,
-        mask_truncated_steps=credit.mask_truncated_steps, drop_zero_groups=credit.drop_zero_groups,
-        zero_tol=credit.zero_tol, width=layout.width,
-    )  # fmt: skip
+    tokens = batch_token_advantages(
+        batch, steps.advantages, layout.spans, np.full(batch.n_traj, layout.width, dtype=np.int64), credit,
+        width=layout.width,
+    )
     return torch.from_numpy(tokens.advantages).to(device=token_level_rewards.device, dtype=token_level_rewards.dtype)

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from finestep.data.steps import RewardStep
 from finestep.rewards.config import LinkConfig
-from finestep.rewards.steps import RewardStep
 from finestep.sql.analysis import canonical_sql, query_literals, sql_tokens
 
 __all__ = ["observation_values", "step_links"]

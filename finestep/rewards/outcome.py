@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from finestep.data.steps import RewardStep
 from finestep.rewards.config import OutcomeConfig
-from finestep.rewards.steps import RewardStep
 from finestep.sql.compare import results_match
 
 __all__ = ["outcome_reward"]

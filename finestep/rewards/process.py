@@ -1,57 +1,45 @@
-"""The process rules (FINESTEP.md section 1): independent checks on each step, summed into r_t.
+"""The built-in process rules (FINESTEP.md section 1): independent checks on each step, summed into r_t.
 
-Each rule is a small function registered under its name; it sees step ``t`` and the trajectory *before* it
-(plus the database schema and the gold result), never the outcome R. A rule returns its raw value; the
-config's weight multiplies it. The solution step gets only the ``format`` rule: its worth is carried by R.
+Each rule is one function registered with ``register_rule`` (``finestep.rewards.rules``: the registry and the
+two forms of a rule); its values are ``ProcessConfig`` fields and its weight is ``config.weights[name]``.
+``process_rewards`` runs every registered rule (user rules too) on every step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from finestep.data.steps import RewardStep
 from finestep.rewards.config import ProcessConfig
-from finestep.rewards.steps import RewardStep
+from finestep.rewards.rules import PROCESS_RULES, RuleContext, register_rule
 from finestep.sql.analysis import canonical_sql, query_references
 from finestep.sql.compare import results_match
 from finestep.sql.executor import ErrorKind
 
-__all__ = ["PROCESS_RULES", "RuleContext", "is_grounded", "process_rewards", "process_rule", "total_process_reward"]
+__all__ = [
+    "PROCESS_RULES",
+    "RuleContext",
+    "is_grounded",
+    "process_rewards",
+    "process_rule",
+    "register_rule",
+    "total_process_reward",
+]
 
 # Names SQLite provides whatever the schema: pseudo-columns and built-in tables / table-valued functions.
 _PSEUDO_COLUMNS = frozenset({"rowid", "oid", "_rowid_"})
 _BUILTIN_TABLE_PREFIXES = ("sqlite_", "pragma_", "json_each", "json_tree")
 
 
-@dataclass(frozen=True)
-class RuleContext:
-    """What the rules may look at besides the step: the trajectory, the schema, the gold result.
-
-    ``schema`` maps lower-cased table names to lower-cased column names (``None``: unknown, ``grounded``
-    abstains); ``gold_rows`` is ``None`` when the gold result is unknown (``progress`` abstains).
-    """
-
-    steps: Sequence[RewardStep]
-    canonical: Sequence[str | None]
-    schema: dict[str, frozenset[str]] | None = None
-    gold_rows: Sequence[tuple[Any, ...]] | None = None
-    gold_sql: str = ""
-    metric: str = "bird"
-
-
 RuleFn = Callable[[int, RuleContext, ProcessConfig], float]
-PROCESS_RULES: dict[str, RuleFn] = {}
 
 
-def process_rule(name: str) -> Callable[[RuleFn], RuleFn]:
-    """Register a process rule under ``name`` (its weight is ``config.weights[name]``)."""
-
-    def register(fn: RuleFn) -> RuleFn:
-        PROCESS_RULES[name] = fn
-        return fn
-
-    return register
+def process_rule(
+    name: str, values: Callable[[ProcessConfig], Sequence[float]] | None = None
+) -> Callable[[RuleFn], RuleFn]:
+    """Register a valued rule ``fn(t, ctx, config) -> float`` (``register_rule`` without ``value``)."""
+    return register_rule(name, values=values)
 
 
 def is_grounded(sql: str, schema: dict[str, frozenset[str]]) -> bool:
@@ -71,7 +59,7 @@ def is_grounded(sql: str, schema: dict[str, frozenset[str]]) -> bool:
     return refs.columns <= known
 
 
-@process_rule("executes")
+@register_rule("executes", values=lambda c: (c.executes_ok, c.executes_error, c.executes_timeout))
 def executes(t: int, ctx: RuleContext, cfg: ProcessConfig) -> float:
     result = ctx.steps[t].result
     if ctx.steps[t].kind != "sql" or result is None:
@@ -81,7 +69,7 @@ def executes(t: int, ctx: RuleContext, cfg: ProcessConfig) -> float:
     return cfg.executes_timeout if result.error_kind == ErrorKind.TIMEOUT else cfg.executes_error
 
 
-@process_rule("redundant")
+@register_rule("redundant", values=lambda c: (c.redundant,))
 def redundant(t: int, ctx: RuleContext, cfg: ProcessConfig) -> float:
     if ctx.steps[t].kind != "sql" or ctx.canonical[t] is None:
         return 0.0
@@ -89,7 +77,7 @@ def redundant(t: int, ctx: RuleContext, cfg: ProcessConfig) -> float:
     return cfg.redundant if ctx.canonical[t] in earlier else 0.0
 
 
-@process_rule("grounded")
+@register_rule("grounded", values=lambda c: (c.ungrounded,))
 def grounded(t: int, ctx: RuleContext, cfg: ProcessConfig) -> float:
     step = ctx.steps[t]
     if step.kind != "sql" or not step.sql or ctx.schema is None:
@@ -104,14 +92,14 @@ def _matches_gold(step: RewardStep, ctx: RuleContext) -> bool:
     return results_match(result.rows, ctx.gold_rows, ctx.gold_sql, ctx.metric)
 
 
-@process_rule("progress")
+@register_rule("progress", values=lambda c: (c.progress,))
 def progress(t: int, ctx: RuleContext, cfg: ProcessConfig) -> float:
     if not _matches_gold(ctx.steps[t], ctx):
         return 0.0
     return 0.0 if any(_matches_gold(ctx.steps[k], ctx) for k in range(t)) else cfg.progress
 
 
-@process_rule("format")
+@register_rule("format", values=lambda c: (c.format,), on_solution=True)
 def format_rule(t: int, ctx: RuleContext, cfg: ProcessConfig) -> float:
     step = ctx.steps[t]
     return cfg.format if step.kind == "none" or step.format_error is not None else 0.0
@@ -132,7 +120,8 @@ def process_rewards(
 ) -> list[dict[str, float]]:
     """The weighted value of every registered rule on every step: ``out[t][rule]``; r_t is their sum.
 
-    The solution step gets only ``format``. Rules with weight 0 are reported as 0.
+    The solution step gets only the rules registered with ``on_solution`` (``format``). Rules with weight 0 are
+    reported as 0.
     """
     canonical = [canonical_sql(s.sql) if s.kind == "sql" and s.sql else None for s in steps]
     ctx = RuleContext(steps, canonical, schema, gold_rows, gold_sql, metric)
@@ -141,7 +130,7 @@ def process_rewards(
         values = {}
         for name, rule in PROCESS_RULES.items():
             weight = config.weights.get(name, 1.0)
-            applies = weight != 0.0 and (step.kind != "solution" or name == "format")
-            values[name] = weight * rule(t, ctx, config) if applies else 0.0
+            applies = weight != 0.0 and (step.kind != "solution" or rule.on_solution)
+            values[name] = weight * rule.raw(t, ctx, config) if applies else 0.0
         out.append(values)
     return out

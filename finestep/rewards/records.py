@@ -1,4 +1,4 @@
-"""Trajectory files (JSONL, documented in docs/trajectories.md): reading, validating and scoring them.
+"""Trajectory files (JSONL, documented in docs/trajectories.md): reading and validating them.
 
 One trajectory per line::
 
@@ -6,9 +6,9 @@ One trajectory per line::
      "question": str?, "steps": [{"kind": "sql" | "solution" | "none", "sql": str?, "process_reward": float?,
      "links": [int]?, "truncated": bool?, "format_error": str?, ...}]}
 
-Whatever is given is used as is; a missing ``outcome``, ``process_reward`` or ``links`` is computed by executing
-the steps' SQL (and the gold query) on ``db_path`` in the sandbox. Malformed input raises :class:`DataError`
-naming the line and the field.
+Scoring a record (``finestep.rewards.scoring.score_record``) uses whatever is given as is; a missing
+``outcome``, ``process_reward`` or ``links`` is computed by executing the steps' SQL (and the gold query) on
+``db_path`` in the sandbox. Malformed input raises :class:`DataError` naming the line and the field.
 """
 
 from __future__ import annotations
@@ -19,15 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from finestep.data.task import DataError, parse_json, read_text
-from finestep.rewards.config import RewardConfig
-from finestep.rewards.links import step_links
-from finestep.rewards.outcome import outcome_reward
-from finestep.rewards.process import process_rewards, total_process_reward
-from finestep.rewards.steps import RewardStep
-from finestep.sql.executor import ExecutionResult, SqlSandbox
-from finestep.sql.schema import schema_columns
 
-__all__ = ["ScoredTrajectory", "TrajectoryRecord", "read_trajectories", "score_trajectory"]
+__all__ = ["TrajectoryRecord", "read_trajectories"]
 
 _KINDS = ("sql", "solution", "none")
 
@@ -138,86 +131,3 @@ def read_trajectories(path: str | Path, db_root: str | Path | None = None) -> li
             )
         )  # fmt: skip
     return records
-
-
-@dataclass
-class ScoredTrajectory:
-    """A record with everything the estimators need: R, r_t, per-rule values (None where given) and links."""
-
-    record: TrajectoryRecord
-    outcome: float
-    process_reward: list[float]
-    rule_values: list[dict[str, float] | None]
-    links: list[list[int]]
-    is_solution: list[bool]
-    truncated: list[bool]
-
-
-def _is_sqlite_file(path: Path) -> bool:
-    """An empty file (SQLite's empty database) or one that starts with SQLite's header."""
-    try:
-        with open(path, "rb") as handle:
-            header = handle.read(16)
-    except OSError:
-        return False
-    return header in (b"", b"SQLite format 3\x00")
-
-
-def _needs_execution(record: TrajectoryRecord) -> list[str]:
-    missing = []
-    if record.outcome is None:
-        missing.append("outcome")
-    if any("process_reward" not in s for s in record.steps):
-        missing.append("steps[].process_reward")
-    if any("links" not in s for s in record.steps):
-        missing.append("steps[].links")
-    return missing
-
-
-def score_trajectory(record: TrajectoryRecord, sandbox: SqlSandbox, config: RewardConfig) -> ScoredTrajectory:
-    """Fill in R, r_t and links where the record lacks them, by executing its SQL on its database."""
-    where = f"{record.source}:{record.line}" if record.source else f"line {record.line}"
-    missing = _needs_execution(record)
-    results: list[ExecutionResult | None] = [None] * len(record.steps)
-    gold_rows = None
-    if missing:
-        if record.db_path is None:
-            raise DataError(f"{where}: field 'db_path' is needed to compute {', '.join(missing)}")
-        if not record.db_path.is_file():
-            raise DataError(f"{where}: field 'db_path': database file not found: {record.db_path}")
-        if not _is_sqlite_file(record.db_path):
-            raise DataError(f"{where}: field 'db_path': not a SQLite database: {record.db_path}")
-        results = [sandbox.execute(record.db_path, s["sql"]) if s.get("sql") else None for s in record.steps]
-        if record.gold_sql is not None:
-            gold = sandbox.execute(record.db_path, record.gold_sql)
-            if not gold.ok:
-                raise DataError(f"{where}: field 'gold_sql' fails on its database: {gold.error}")
-            gold_rows = gold.rows
-    steps = [
-        RewardStep(s["kind"], s.get("sql"), results[t], s.get("format_error"), bool(s.get("truncated", False)))
-        for t, s in enumerate(record.steps)
-    ]
-    if record.outcome is not None:
-        outcome = float(record.outcome)
-    elif gold_rows is None:
-        raise DataError(f"{where}: field 'gold_sql' is needed to compute the outcome")
-    else:
-        outcome = outcome_reward(steps, gold_rows, record.gold_sql or "", config.outcome)
-
-    computed = None
-    if any("process_reward" not in s for s in record.steps):
-        schema = schema_columns(record.db_path) if record.db_path else None
-        computed = process_rewards(
-            steps, config.process, schema, gold_rows, record.gold_sql or "", config.outcome.metric
-        )
-    rule_values = [None if "process_reward" in s else computed[t] for t, s in enumerate(record.steps)]  # type: ignore[index]
-    rewards = [
-        float(s["process_reward"]) if "process_reward" in s else total_process_reward(rule_values[t])  # type: ignore[arg-type]
-        for t, s in enumerate(record.steps)
-    ]
-    linked = step_links(steps, config.links, record.question) if "steps[].links" in missing else None
-    links = [s["links"] if "links" in s else linked[t] for t, s in enumerate(record.steps)]  # type: ignore[index]
-    return ScoredTrajectory(
-        record, outcome, rewards, rule_values, links,
-        [s.kind == "solution" for s in steps], [s.truncated for s in steps],
-    )  # fmt: skip

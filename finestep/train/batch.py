@@ -9,31 +9,28 @@ import numpy as np
 import torch
 
 from finestep.agent.trajectory import Trajectory
-from finestep.credit import CreditConfig, StepAdvantages, StepBatch, compute_advantages, history_anchors
-from finestep.credit.tokens import step_to_token_advantages
-from finestep.eval.episodes import EpisodeScore
-from finestep.sql.analysis import canonical_sql
+from finestep.credit import (
+    CreditConfig,
+    StepAdvantages,
+    StepBatch,
+    batch_token_advantages,
+    compute_advantages,
+)
+from finestep.rewards.scoring import ScoredTrajectory, step_batch
 
 __all__ = ["TokenBatch", "build_token_batch", "credit_rollout"]
 
 
-def _action_key(step_kind: str, sql: str | None) -> str:
-    return f"{step_kind}:{canonical_sql(sql) if sql else ''}"
-
-
 def credit_rollout(
-    trajectories: Sequence[Trajectory], scores: Sequence[EpisodeScore], config: CreditConfig
+    trajectories: Sequence[Trajectory], scores: Sequence[ScoredTrajectory], config: CreditConfig
 ) -> tuple[StepBatch, StepAdvantages]:
-    """Step advantages of a rollout with the configured estimator (trajectories of one task form a group)."""
-    views = [[s.reward_view() for s in t.steps] for t in trajectories]
-    batch = StepBatch.from_lists(
-        groups=[t.task.id for t in trajectories],
-        outcomes=[s.outcome for s in scores],
-        process_rewards=[s.process_reward for s in scores],
-        is_solution=[[v.kind == "solution" for v in steps] for steps in views],
-        links=[s.links for s in scores],
-        anchors=history_anchors([[_action_key(v.kind, v.sql) for v in steps] for steps in views]),
-    )
+    """Step advantages of a scored rollout with the configured estimator (trajectories of one task form a group).
+
+    ``trajectories`` are accepted for symmetry with ``build_token_batch``; the batch comes from the scores alone.
+    """
+    if len(trajectories) != len(scores):
+        raise ValueError(f"{len(trajectories)} trajectories but {len(scores)} scores")
+    batch = step_batch(scores)
     return batch, compute_advantages(batch, config)
 
 
@@ -81,21 +78,16 @@ def build_token_batch(
     steps = [(row, s) for row, t in enumerate(trajectories) for s in t.steps]
     observations = [(row, s.observation_span) for row, t in enumerate(trajectories) for s in t.steps
                     if s.observation_span is not None]  # fmt: skip
-    tokens = step_to_token_advantages(
-        advantages.advantages,
-        np.array([row for row, _ in steps], dtype=np.int64),
-        np.array([s.span for _, s in steps], dtype=np.int64).reshape(-1, 2),
-        lengths,
-        batch.group_index,
-        step_truncated=np.array([s.truncated for _, s in steps], dtype=bool),
+    if batch.n_traj != len(trajectories) or batch.n_steps != len(steps):
+        raise ValueError(f"the step batch ({batch.n_traj} trajectories, {batch.n_steps} steps) does not match the "
+                         f"{len(trajectories)} trajectories ({len(steps)} steps)")  # fmt: skip
+    tokens = batch_token_advantages(
+        batch, advantages.advantages, np.array([s.span for _, s in steps], dtype=np.int64).reshape(-1, 2), lengths,
+        config, step_truncated=np.array([s.truncated for _, s in steps], dtype=bool),
         obs_seq=np.array([row for row, _ in observations], dtype=np.int64),
         obs_spans=np.array([span for _, span in observations], dtype=np.int64).reshape(-1, 2),
-        prompt_lengths=np.array([t.prompt_length for t in trajectories], dtype=np.int64),
-        mask_truncated_steps=config.mask_truncated_steps,
-        drop_zero_groups=config.drop_zero_groups,
-        zero_tol=config.zero_tol,
-        width=width,
-    )
+        prompt_lengths=np.array([t.prompt_length for t in trajectories], dtype=np.int64), width=width,
+    )  # fmt: skip
     input_ids = torch.full((len(trajectories), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(trajectories), width), dtype=torch.long)
     rollout_lp = torch.zeros((len(trajectories), width), dtype=torch.float32)

@@ -15,8 +15,9 @@ from typing import Any, Literal
 import yaml
 
 from finestep.agent.rollout import RolloutConfig
-from finestep.config import ConfigError, check_range, from_dict, merge_overrides, to_dict
+from finestep.config import ConfigError, check_range, from_dict, merge_overrides, option, to_dict
 from finestep.credit import CreditConfig
+from finestep.plugins import load_plugins, plugins_from_env
 from finestep.rewards.config import RewardConfig
 
 __all__ = [
@@ -38,13 +39,13 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 class TinyModelConfig:
     """A tiny Qwen3-style model trained from scratch, with a BPE tokenizer trained on the task corpus."""
 
-    vocab_size: int = 2048
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 128
-    max_position_embeddings: int = 4096
+    vocab_size: int = option(2048, help="BPE vocabulary size of the tokenizer trained on the task corpus")
+    hidden_size: int = option(64, help="model width")
+    num_layers: int = option(2, help="transformer layers")
+    num_heads: int = option(4, help="attention heads")
+    num_kv_heads: int = option(2, help="key/value heads (grouped-query attention)")
+    intermediate_size: int = option(128, help="MLP width")
+    max_position_embeddings: int = option(4096, help="longest sequence the model accepts")
 
     def __post_init__(self) -> None:
         check_range(self, "vocab_size", 256 + 16)  # a byte-level BPE starts from the 256 bytes and the specials
@@ -61,11 +62,12 @@ class TinyModelConfig:
 class LoraSettings:
     """Optional LoRA adapters (peft); off by default."""
 
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    enabled: bool = option(False, help="train LoRA adapters instead of every weight")
+    r: int = option(16, help="LoRA rank")
+    alpha: int = option(32, help="LoRA scaling alpha")
+    dropout: float = option(0.0, help="LoRA dropout")
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                      metadata={"help": "the modules that get adapters"})
 
     def __post_init__(self) -> None:
         check_range(self, "r", 1)
@@ -81,26 +83,31 @@ class ModelConfig:
     Hugging Face causal-LM directory (e.g. a Qwen3-4B checkpoint).
     """
 
-    init: Literal["tiny", "pretrained"] = "pretrained"
-    path: str | None = None
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    gradient_checkpointing: bool = False
-    generator: Literal["hf", "vllm"] = "hf"
+    init: Literal["tiny", "pretrained"] = option(
+        "pretrained", help="tiny: build a tiny model into the run folder; pretrained: load path"
+    )
+    path: str | None = option(None, help="a local Hugging Face causal-LM folder (init: pretrained)")
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig, metadata={"help": "the tiny model (init tiny)"})
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
+        "auto", help="weights dtype (auto: the checkpoint's; float32 on CPU)"
+    )
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA adapters"})
+    gradient_checkpointing: bool = option(False, help="recompute activations in the backward pass (less memory)")
+    generator: Literal["hf", "vllm"] = option("hf", help="rollout backend: hf (transformers, KV cache) or vllm")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Tasks: a benchmark folder, split into training and held-out databases (SQLWorld has its own split)."""
 
-    benchmark: Literal["spider", "bird", "sqlworld"] = "spider"
-    path: str | None = None  # spider: $FINESTEP_SPIDER_DIR or ../shared/data/spider; sqlworld: a built world
-    eval_databases: int = 4  # databases held out for evaluation (the first ones in sorted order)
-    max_train_tasks: int | None = None
-    max_eval_tasks: int | None = 32
-    eval_split: str = "test"  # sqlworld: the split evaluated (test: unseen databases; heldout or valid: new
-    # questions on the training databases)
+    benchmark: Literal["spider", "bird", "sqlworld"] = option("spider", help="where the tasks come from")
+    path: str | None = option(None, help="benchmark folder (spider: default $FINESTEP_SPIDER_DIR or "
+                              "../shared/data/spider; sqlworld: a built world)")  # fmt: skip
+    eval_databases: int = option(4, help="databases held out for evaluation (the first ones in sorted order)")
+    max_train_tasks: int | None = option(None, help="training tasks at most (null: all)")
+    max_eval_tasks: int | None = option(32, help="evaluation tasks at most (null: all)")
+    eval_split: str = option("test", help="sqlworld: the split evaluated (test: unseen databases; heldout or "
+                             "valid: new questions on the training databases)")  # fmt: skip
 
     def __post_init__(self) -> None:
         check_range(self, "eval_databases", 0)
@@ -112,16 +119,16 @@ class DataConfig:
 class OptimConfig:
     """The policy update: PPO-clip on step-level advantages (FINESTEP.md section 3)."""
 
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-    epochs: int = 1
-    minibatch_size: int = 8
-    eps_low: float = 0.2
-    eps_high: float = 0.28
-    kl_coef: float = 0.0  # > 0 keeps a frozen reference policy and adds the k3 KL term
+    lr: float = option(1e-5, help="AdamW learning rate")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+    betas: tuple[float, float] = option((0.9, 0.999), help="AdamW betas")
+    warmup_steps: int = option(0, help="linear learning-rate warm-up, in optimizer steps")
+    grad_clip: float = option(1.0, help="gradient norm clip")
+    epochs: int = option(1, help="passes over each RL step's rollouts")
+    minibatch_size: int = option(8, help="trajectories per optimizer step")
+    eps_low: float = option(0.2, help="PPO clip below: ratio >= 1 - eps_low")
+    eps_high: float = option(0.28, help="PPO clip above: ratio <= 1 + eps_high (clip-higher)")
+    kl_coef: float = option(0.0, help="> 0 keeps a frozen reference policy and adds the k3 KL term")
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -139,17 +146,17 @@ class OptimConfig:
 class TrainerConfig:
     """The loop: steps, evaluation, checkpoints, logging."""
 
-    max_steps: int = 100
-    tasks_per_step: int = 8
-    seed: int = 0
-    eval_every: int = 0  # RL steps between evaluations (0: only at the end)
-    save_every: int = 1
-    keep_checkpoints: int = 2
-    device: str = "auto"  # auto: cuda if available, else cpu
-    bf16: bool = True  # autocast on GPU
-    tensorboard: bool = False
-    wandb: bool = False
-    wandb_project: str = "finestep"
+    max_steps: int = option(100, help="RL steps")
+    tasks_per_step: int = option(8, help="tasks per RL step (each sampled group_size times)")
+    seed: int = option(0, help="seed of sampling, data order and initialization")
+    eval_every: int = option(0, help="RL steps between evaluations (0: only at the end)")
+    save_every: int = option(1, help="RL steps between checkpoints")
+    keep_checkpoints: int = option(2, help="newest checkpoints kept")
+    device: str = option("auto", help="auto (cuda if available, else cpu), cpu or cuda")
+    bf16: bool = option(True, help="bfloat16 autocast on GPU")
+    tensorboard: bool = option(False, help="also log to TensorBoard (RUN_DIR/tensorboard)")
+    wandb: bool = option(False, help="also log to Weights & Biases")
+    wandb_project: str = option("finestep", help="the Weights & Biases project")
 
     def __post_init__(self) -> None:
         for name, low in (("max_steps", 0), ("tasks_per_step", 1), ("eval_every", 0), ("save_every", 0),
@@ -163,21 +170,32 @@ class TrainerConfig:
 class TrainConfig:
     """Everything ``finestep train`` needs."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    rewards: RewardConfig = field(default_factory=RewardConfig)
-    credit: CreditConfig = field(default_factory=CreditConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the policy"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the tasks"})
+    rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "sampling and the environment"})
+    rewards: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "outcome, process rules, links"})
+    credit: CreditConfig = field(default_factory=CreditConfig, metadata={"help": "the credit estimator"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "the policy update"})
+    trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"help": "the loop"})
+    plugins: list[str] = field(
+        default_factory=list,
+        metadata={"help": "modules (or .py files) imported before the config is read: their estimators, process "
+                          "rules and environments can be named here (docs/extending.md)"},
+    )
 
     def __post_init__(self) -> None:
         if self.model.init == "pretrained" and not self.model.path:
             raise ValueError("model.path: required unless model.init is tiny (a local Hugging Face model folder)")
 
 
-def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML config (or the defaults when ``path`` is None), apply ``key=value`` overrides, validate."""
+def load_train_config(
+    path: str | Path | None, overrides: Sequence[str] = (), plugins: Sequence[str] = ()
+) -> TrainConfig:
+    """Read a YAML config (or the defaults when ``path`` is None), apply ``key=value`` overrides, validate.
+
+    Before validating, the plugins are imported: ``FINESTEP_PLUGINS``, ``plugins`` (e.g. ``--plugin``, added to
+    the config's own list) and the config's ``plugins`` key, so their rule weights and estimator names are known.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -193,7 +211,15 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
             raise ConfigError(f"{path}: malformed YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return from_dict(TrainConfig, merge_overrides(data, overrides))
+    data = merge_overrides(data, overrides)
+    listed = data.get("plugins") or []
+    if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+        raise ConfigError(f"plugins: expected a list of module names, got {listed!r}")
+    listed = list(dict.fromkeys([*listed, *plugins]))
+    if listed:
+        data["plugins"] = listed
+    load_plugins(plugins_from_env() + listed)
+    return from_dict(TrainConfig, data)
 
 
 def save_train_config(config: TrainConfig) -> str:

@@ -1,9 +1,11 @@
 """Supervised warm start on trajectories (docs/trajectories.md): loss on the model's own tokens only.
 
-Each trajectory becomes ``prompt + turn_1 + observation_1 + ... + turn_n``, token-exact as a rollout would build
-it. A step's turn text is its ``text`` field when given, else built from its action (``<sql>Q</sql>``); the
-observation is the step's ``observation`` when given, else the SQL is run in the sandbox. Prompt and observation
-tokens get no loss.
+Each trajectory is replayed through the environment (``finestep.env``, as ``RolloutConfig`` sets it up) into
+``prompt + turn_1 + observation_1 + ... + turn_n``, token-exact as a rollout would build it. A step's turn text is
+its ``text`` field when given, else built from its action (``<sql>Q</sql>``); the observation is the step's
+``observation`` when given, else the environment's (its SQL run in the sandbox). Prompt and observation tokens
+get no loss. A record that goes on after its episode ended (a solution, end-of-sequence or the turn limit) is
+refused, naming its line.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from finestep.agent.protocol import ObservationFormat, Protocol, encode_observation
-from finestep.agent.rollout import RolloutConfig, prompt_ids
+from finestep.agent.protocol import Protocol, encode_observation, encode_prompt
+from finestep.agent.rollout import RolloutConfig, make_env
+from finestep.data.task import Task
 from finestep.rewards.records import TrajectoryRecord, read_trajectories
 from finestep.sql.executor import SqlSandbox
 
@@ -55,39 +58,47 @@ def _turn_text(step: dict[str, Any], protocol: Protocol) -> str:
     raise ValueError("a step needs 'text' or a 'sql' action to be used for SFT")
 
 
+def _stop_reason(step: dict[str, Any]) -> str:
+    """The generator's stop reason a recorded step had (rollout files keep it; others: ``length`` if truncated)."""
+    reason = step.get("stop_reason")
+    if reason in ("stop", "eos", "length"):
+        return str(reason)
+    return "length" if step.get("truncated") else "stop"
+
+
 def build_sft_examples(
     records: list[TrajectoryRecord], tokenizer: Any, protocol: Protocol, prompt: RolloutConfig, sandbox: SqlSandbox
 ) -> list[SFTExample]:
     """Tokenize trajectories for SFT exactly as rollouts with ``prompt`` (schema style, instructions, turns)
-    build them; errors name the line of the trajectory file."""
+    build them, by replaying each through the environment; errors name the line of the trajectory file."""
     examples = []
-    fmt = ObservationFormat(max_rows=prompt.observation_rows)
     for record in records:
         where = f"line {record.line}"
         if record.db_path is None or not record.db_path.is_file():
             raise ValueError(f"{where}: field 'db_path' must name an existing database (the prompt shows its schema)")
-        evidence = str(record.raw.get("evidence") or "")
-        ids = prompt_ids(record.question, evidence, record.db_path, tokenizer, protocol, prompt)
-        mask = [False] * len(ids)
+        task = Task(id=record.task_id, index=0, question=record.question, db_id=record.db_path.stem,
+                    db_path=record.db_path, gold_sql=record.gold_sql or "",
+                    evidence=str(record.raw.get("evidence") or ""))  # fmt: skip
+        env = make_env(prompt, protocol, sandbox, max_total_tokens=None)  # text mode: the record's observations
+        env.reset(task, prompt_ids=encode_prompt(tokenizer, env.prompt(task)))
         for t, step in enumerate(record.steps):
+            if env.done:
+                raise ValueError(f"{where}: steps[{t}]: the episode already ended ({env.trajectory.end_reason}) at "
+                                 f"steps[{t - 1}]; the record has {len(record.steps)} steps")  # fmt: skip
             try:
                 text = _turn_text(step, protocol)
             except ValueError as exc:
                 raise ValueError(f"{where}: steps[{t}]: {exc}") from None
-            turn = tokenizer(text, add_special_tokens=False).input_ids
-            ids += turn
-            mask += [True] * len(turn)
-            if t == len(record.steps) - 1:
-                break
-            observation = step.get("observation")
-            if observation is None:
-                result = sandbox.execute(record.db_path, step["sql"]) if step.get("sql") else None
-                error = None if result is not None else "no action"
-                observation = protocol.observation_text(result, error, prompt.max_turns - t - 1, fmt)
-            obs_ids = encode_observation(tokenizer, observation)
-            ids += obs_ids
-            mask += [False] * len(obs_ids)
-        examples.append(SFTExample(ids, mask))
+            played = env.step(text, tokenizer(text, add_special_tokens=False).input_ids, stop_reason=_stop_reason(step))
+            if t < len(record.steps) - 1 and not played.done:
+                given = step.get("observation")
+                observation = given if given is not None else played.observation
+                env.append_observation(encode_observation(tokenizer, observation))  # type: ignore[attr-defined]
+        traj = env.trajectory
+        mask = [False] * len(traj.token_ids)
+        for played_step in traj.steps:
+            mask[played_step.span[0] : played_step.span[1]] = [True] * (played_step.span[1] - played_step.span[0])
+        examples.append(SFTExample(list(traj.token_ids), mask))
     return examples
 
 

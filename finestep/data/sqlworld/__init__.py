@@ -4,10 +4,11 @@ Small databases over six domains store categorical values in one of four styles 
 lower case, upper case or codes), so whether a ``SELECT DISTINCT`` probe is needed can only be known by
 looking. Questions come in three tiers (filter/count, value probe, join + probe); a scripted expert writes
 trajectories with configurable imperfections (redundant probes, failed queries and their repair, skipped
-probes, wasted probes) for a warm start; ``oracle_labels`` says which steps of any trajectory were good or bad.
+probes, wasted probes) for a warm start (planned by ``expert_plan``, played in the environment by
+``finestep.agent.expert``); ``oracle_labels`` says which steps of any trajectory were good or bad.
 
     world = build_world(Path("runs/world"), seed=0)
-    lines = expert_dataset(world, "train", n_per_task=2, config=ExpertConfig())
+    lines = expert_dataset(world, "train", n_per_task=2, config=ExpertConfig())  # finestep.agent.expert
     write_jsonl(Path("runs/expert.jsonl"), lines)
 """
 
@@ -17,8 +18,7 @@ from finestep.data.sqlworld.domains import CATEGORIES, DOMAINS, STYLES
 from finestep.data.sqlworld.expert import (
     ExpertConfig,
     clean_expert,
-    expert_dataset,
-    expert_trajectory,
+    expert_plan,
     solution_correct,
     write_jsonl,
 )
@@ -38,8 +38,7 @@ __all__ = [
     "World",
     "build_world",
     "clean_expert",
-    "expert_dataset",
-    "expert_trajectory",
+    "expert_plan",
     "label_values",
     "load_world",
     "oracle_labels",

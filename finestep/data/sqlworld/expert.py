@@ -1,8 +1,8 @@
-"""A scripted SQLWorld expert: demonstration trajectories with configurable, realistic imperfections.
+"""The plan of the scripted SQLWorld expert: which actions it takes, with configurable, realistic imperfections.
 
-Clean behaviour: a tier1 task is answered at once (``<solution>gold</solution>``); a tier2 or tier3 task
-probes the stored values first (``<sql>SELECT DISTINCT c FROM t</sql>``), then answers. Imperfections, each
-drawn independently per trajectory:
+Clean behaviour: a tier1 task is answered at once (the gold query as the solution); a tier2 or tier3 task
+probes the stored values first (``SELECT DISTINCT c FROM t``), then answers. Imperfections, each drawn
+independently per trajectory:
 
 - ``skip_probe`` (``p_skip_probe``, tiers 2 and 3): no probe; the answer uses the question's surface value,
   which is wrong exactly where the task's probe is required;
@@ -11,9 +11,9 @@ drawn independently per trajectory:
 - ``fail_repair`` (``p_fail_repair``): a query with a misspelled column (the probe's, or the answer tried as
   a tool call), then the right one.
 
-A trajectory has at most ``max_steps`` turns: an imperfection that would exceed it is left out. The output is
-one line of the trajectory JSONL format (``docs/trajectories.md``) without observations: those come from
-executing the steps in order. Each step also records its ``role`` and the line its ``behaviours``.
+A trajectory has at most ``max_steps`` turns: an imperfection that would exceed it is left out. This module
+plans the ``(kind, sql, role)`` turns only; ``finestep.agent.expert`` writes them in the protocol and plays them
+in the environment (``finestep.env``), one line of the trajectory JSONL format per trajectory.
 """
 
 from __future__ import annotations
@@ -24,31 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finestep.agent.protocol import get_protocol
 from finestep.atomic import atomic_write_text
 from finestep.data.sqlworld.questions import misspell
-from finestep.data.sqlworld.world import TaskMeta, World
+from finestep.data.sqlworld.world import TaskMeta
 from finestep.data.task import Task
 from finestep.sql.compare import results_match
 from finestep.sql.executor import execute_on
 
-__all__ = [
-    "ExpertConfig",
-    "clean_expert",
-    "expert_dataset",
-    "expert_trajectory",
-    "solution_correct",
-    "write_jsonl",
-]
-
-_REASONS = {
-    "probe": "Check values.",
-    "wasted_probe": "Check values.",
-    "redundant_probe": "Check values.",
-    "failing_probe": "Check values.",
-    "failing_query": "Try it.",
-    "solution": "Answer.",
-}
+__all__ = ["ExpertConfig", "clean_expert", "expert_plan", "solution_correct", "write_jsonl"]
 
 
 @dataclass(frozen=True)
@@ -88,10 +71,14 @@ clean_expert = ExpertConfig(0.0, 0.0, 0.0, 0.0)
 """The expert without imperfections: its answers are all correct."""
 
 
-def _plan(
+def expert_plan(
     task: Task, meta: TaskMeta, config: ExpertConfig, rng: random.Random
 ) -> tuple[list[tuple[str, str, str]], list[str]]:
-    """The ``(kind, sql, role)`` turns of one trajectory and the imperfections applied."""
+    """The ``(kind, sql, role)`` turns of one trajectory and the imperfections applied (module docstring).
+
+    ``kind`` is ``sql`` or ``solution``; ``role`` one of ``probe``, ``wasted_probe``, ``redundant_probe``,
+    ``failing_probe``, ``failing_query``, ``solution``. Five draws from ``rng`` per call, whatever the config.
+    """
     draws = [rng.random() for _ in range(5)]  # always five draws, so one behaviour never shifts another's
     has_probe = meta.probe_sql is not None
     skip = has_probe and draws[0] < config.p_skip_probe
@@ -119,50 +106,6 @@ def _plan(
         behaviours.append("fail_repair")
     plan.append(("solution", answer, "solution"))
     return plan, behaviours
-
-
-def expert_trajectory(
-    task: Task,
-    meta: TaskMeta,
-    config: ExpertConfig = ExpertConfig(),
-    rng: random.Random | None = None,
-    trajectory_id: str = "expert-0",
-) -> dict[str, Any]:
-    """One expert trajectory of ``task`` as a trajectory-JSONL line (see the module docstring)."""
-    rng = rng if rng is not None else random.Random(f"expert:{config.seed}:{task.id}")
-    protocol = get_protocol(config.protocol)
-    plan, behaviours = _plan(task, meta, config, rng)
-    steps = []
-    for kind, sql, role in plan:
-        action = protocol.render_action(kind, sql)  # type: ignore[arg-type]
-        text = f"{_REASONS[role]} {action}" if config.reasoning else action
-        steps.append({"kind": kind, "sql": sql, "text": text, "role": role})
-    return {
-        "task_id": task.id, "trajectory_id": trajectory_id, "db_path": str(task.db_path), "gold_sql": task.gold_sql,
-        "question": task.question, "difficulty": meta.tier, "probe_required": meta.probe_required,
-        "behaviours": behaviours, "steps": steps,
-    }  # fmt: skip
-
-
-def expert_dataset(
-    world: World,
-    split: str = "train",
-    n_per_task: int = 2,
-    config: ExpertConfig = ExpertConfig(),
-    seed: int | None = None,
-) -> list[dict[str, Any]]:
-    """``n_per_task`` expert trajectories per task of ``split``, in task order; deterministic per seed.
-
-    ``seed`` defaults to ``config.seed``; each trajectory has its own generator, seeded by the seed, the task
-    and the sample, so a subset of tasks gets the same trajectories as in the whole set.
-    """
-    seed = config.seed if seed is None else seed
-    lines = []
-    for task in world.split(split):
-        for k in range(n_per_task):
-            rng = random.Random(f"expert:{seed}:{task.id}:{k}")
-            lines.append(expert_trajectory(task, world.meta[task.id], config, rng, f"expert-{k}"))
-    return lines
 
 
 def solution_correct(line: dict[str, Any], metric: str = "bird") -> bool:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from finestep.data.sqlworld.world import TaskMeta
-from finestep.rewards.steps import RewardStep
+from finestep.data.steps import RewardStep
 from finestep.sql.analysis import canonical_sql, query_references, sql_similarity
 
 __all__ = ["LABEL_VALUES", "OracleLabel", "label_values", "oracle_labels"]
