@@ -121,7 +121,7 @@ def check_range(
     if value is None:
         return
     too_high = high is not None and (value >= high if high_open else value > high)
-    if (low is not None and value < low) or too_high or value != value:  # value != value: NaN
+    if (low is not None and value < low) or too_high or (isinstance(value, float) and math.isnan(value)):
         if high is None:
             wanted = f">= {low:g}"
         elif low is None:

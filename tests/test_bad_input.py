@@ -3,7 +3,6 @@ no traceback and nothing half-written (issue 11: 12 tracebacks and 7 silent acce
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,10 +10,9 @@ import pytest
 import torch
 
 from finestep.cli import main
+from finestep.data import load_benchmark
 from finestep.data.task import DataError
 from finestep.eval.predictions import read_predictions
-from finestep.data import load_benchmark
-from tests.conftest import make_db
 from tests.test_data import write_bird
 
 DEEP = "[" * 100_000 + "]" * 100_000  # deeper than Python's recursion limit
@@ -53,6 +51,10 @@ def trajectory(outcome: str = "1", reward: str = "0", db_path: str | None = None
     return f'{{"task_id": "q", "trajectory_id": "a", "outcome": {outcome}{db}, "steps": [{step}]}}'
 
 
+def train_argv(override: str) -> Callable[[Path], list[str]]:
+    return lambda t: ["train", "--config", str(SPIDER_TINY), "--run-dir", str(t / "run"), override]
+
+
 # (name, argv builder, fragment the error must contain)
 CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     # eval: predictions
@@ -85,8 +87,7 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("train run dir is a file", lambda t: ["train", "--config", str(SPIDER_TINY), "--run-dir", str(_file(t / "r"))],
      "--run-dir"),
     *[
-        (f"train {override}", (lambda o: lambda t: ["train", "--config", str(SPIDER_TINY), "--run-dir", str(t / "run"), o])(override),
-         message)
+        (f"train {override}", train_argv(override), message)
         for override, message in [
             ("optim.minibatch_size=0", "optim.minibatch_size: must be >= 1, got 0"),
             ("data.eval_databases=-1", "data.eval_databases: must be >= 0, got -1"),

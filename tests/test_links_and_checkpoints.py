@@ -8,9 +8,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from finestep.data.steps import RewardStep
 from finestep.rewards.config import LinkConfig
 from finestep.rewards.links import step_links
-from finestep.data.steps import RewardStep
 from finestep.sql.analysis import canonical_sql, query_literals, sql_similarity
 from finestep.sql.executor import ErrorKind, ExecutionResult
 from finestep.train.checkpoint import remove_stale_temporaries, save_checkpoint

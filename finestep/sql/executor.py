@@ -226,7 +226,7 @@ class SqlSandbox:
         if self.pool is not None:
             self.pool.close()
 
-    def __enter__(self) -> SqlSandbox:
+    def __enter__(self) -> SqlSandbox:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *_exc: object) -> None:

@@ -31,7 +31,14 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from finestep.sql.engine import ErrorKind, ExecutionResult, SandboxLimits, execute_on, open_readonly, run_query
+from finestep.sql.engine import (
+    ErrorKind,
+    ExecutionResult,
+    SandboxLimits,
+    execute_on,
+    open_readonly,
+    run_query,
+)
 
 __all__ = ["HARD_DEADLINE_FACTOR", "HARD_DEADLINE_SLACK_S", "WorkerPool", "hard_deadline_s", "isolation_available"]
 
@@ -74,7 +81,7 @@ def _limit_memory(limits: SandboxLimits) -> None:
         with open("/proc/self/statm", encoding="ascii") as handle:
             vm_now = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
         cap = vm_now + address_space_bytes(limits)
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
         if hard != resource.RLIM_INFINITY:
             cap = min(cap, hard)
         resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
@@ -423,12 +430,11 @@ class WorkerPool:
 
     def _steal(self, busy: dict[Connection, _Worker], dispatch: Callable[[_Worker, int, int, int], None]) -> None:
         """Give an idle slot the not-yet-started half of the busiest run, if any run has two queries to go."""
-        best = None
+        best, most = None, 1
         for worker in busy.values():
             run = worker.run
-            if worker.ready and run is not None and run.end - run.running >= 2:
-                if best is None or run.end - run.running > best.run.end - best.run.running:  # type: ignore[union-attr]
-                    best = worker
+            if worker.ready and run is not None and run.end - run.running > most:
+                best, most = worker, run.end - run.running
         if best is None:
             return
         run = best.run

@@ -31,10 +31,10 @@ from finestep.rewards import score_episodes
 from finestep.sql.executor import SqlSandbox
 from finestep.train.batch import build_token_batch, credit_rollout
 from finestep.train.checkpoint import (
-    remove_stale_temporaries,
     capture_rng,
     latest_checkpoint,
     load_trainer_state,
+    remove_stale_temporaries,
     restore_rng,
     save_checkpoint,
 )
