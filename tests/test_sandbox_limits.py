@@ -259,3 +259,19 @@ def test_a_worker_killed_from_outside_is_replaced(db: Path) -> None:
         result = sandbox.execute(db, RUNAWAY_CTE)
         assert result.error_kind == ErrorKind.TOO_LARGE and "died" in (result.error or "")
         assert sandbox.execute(db, "SELECT 2").rows == ((2,),)
+
+
+def test_a_write_to_a_wal_database_is_never_answered_from_the_cache(tmp_path: Path) -> None:
+    db = tmp_path / "w.sqlite"
+    writer = sqlite3.connect(db)
+    writer.execute("PRAGMA journal_mode = WAL")
+    writer.execute("CREATE TABLE t (a)")
+    writer.execute("INSERT INTO t VALUES (1)")
+    writer.commit()  # the writer stays open: the change lives in the -wal file, the main file is unchanged
+    with SqlSandbox() as sandbox:
+        assert sandbox.execute(db, "SELECT count(*) FROM t").rows == ((1,),)
+        writer.execute("INSERT INTO t VALUES (2)")
+        writer.commit()
+        again = sandbox.execute(db, "SELECT count(*) FROM t")
+    writer.close()
+    assert not again.cached and again.rows == ((2,),)

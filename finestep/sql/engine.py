@@ -35,6 +35,7 @@ __all__ = [
     "SandboxLimits",
     "execute",
     "execute_on",
+    "file_version",
     "open_readonly",
     "rows_nbytes",
     "run_query",
@@ -173,6 +174,22 @@ def _is_quiet_wal(db_path: str | os.PathLike[str]) -> bool:
         len(header) == 20 and header[18:20] == b"\x02\x02"
         and not os.path.exists(path + "-wal") and not os.path.exists(path + "-shm")
     )  # fmt: skip
+
+
+def file_version(db_path: str | os.PathLike[str]) -> tuple[Any, ...] | None:
+    """What identifies the content of a database file: its path, inode, size and modification time, and those of
+    its ``-wal`` file (in WAL mode a write changes only that); ``None`` when the file cannot be read."""
+    path = os.path.abspath(db_path)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    try:
+        wal = os.stat(path + "-wal")
+        wal_version: tuple[int, ...] = (wal.st_ino, wal.st_size, wal.st_mtime_ns)
+    except OSError:
+        wal_version = ()
+    return (path, stat.st_ino, stat.st_size, stat.st_mtime_ns, wal_version)
 
 
 def _readonly_uri(db_path: str | os.PathLike[str]) -> str:

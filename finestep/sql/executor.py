@@ -27,6 +27,7 @@ from finestep.sql.engine import (
     SandboxLimits,
     execute,
     execute_on,
+    file_version,
     open_readonly,
     strip_sql,
 )
@@ -198,7 +199,8 @@ class SqlSandbox:
     """The sandbox: queries run in supervised worker processes, with a bounded cache of results.
 
     Rollouts repeat the same probes many times; a hit costs a dictionary lookup. The key is the database file
-    (path, inode, size, modification time: a file replaced on disk is never answered from stale entries) and
+    (:func:`file_version`: a file replaced or written, its WAL file included, is never answered from stale
+    entries) and
     the SQL exactly as SQLite reads it (:func:`strip_sql`). Timeouts and other answers that depend on the
     machine's load are never cached.
 
@@ -233,13 +235,8 @@ class SqlSandbox:
         self.close()
 
     def _key(self, db_path: str | os.PathLike[str], sql: str) -> tuple[Any, ...] | None:
-        if not isinstance(sql, str):
-            return None
-        try:
-            stat = os.stat(db_path)
-        except OSError:
-            return None
-        return (os.path.abspath(db_path), stat.st_ino, stat.st_size, stat.st_mtime_ns, strip_sql(sql))
+        version = file_version(db_path) if isinstance(sql, str) else None
+        return None if version is None else (*version, strip_sql(sql))
 
     def _run(
         self, jobs: Sequence[tuple[str, str]], workers: int, on_result: Callable[[int], None] | None = None

@@ -36,6 +36,7 @@ from finestep.sql.engine import (
     ExecutionResult,
     SandboxLimits,
     execute_on,
+    file_version,
     open_readonly,
     run_query,
 )
@@ -87,14 +88,6 @@ def _limit_memory(limits: SandboxLimits) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     except (ImportError, OSError, ValueError):  # pragma: no cover - not Linux: SQLite's heap limit still holds
         pass
-
-
-def _file_key(db_path: str) -> tuple[Any, ...]:
-    try:
-        stat = os.stat(db_path)
-    except OSError:
-        return (db_path,)
-    return (db_path, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 class _Outbox:
@@ -189,7 +182,7 @@ def _answer(
     connections: OrderedDict[tuple[Any, ...], sqlite3.Connection], db_path: str, sql: str, limits: SandboxLimits
 ) -> ExecutionResult:
     start = time.perf_counter()
-    key = _file_key(db_path)
+    key = file_version(db_path) or (db_path,)
     conn = connections.get(key)
     try:
         if conn is None:
