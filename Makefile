@@ -36,6 +36,7 @@ test: install-dev
 
 bench: install
 	$(BIN)/python benchmarks/eval_speed.py --spider-dir $(SPIDER)
+	$(BIN)/python benchmarks/sandbox_limits.py --spider-dir $(SPIDER)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/credit_speed.py
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/credit_quality.py --tasks 256
 

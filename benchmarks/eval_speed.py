@@ -9,18 +9,19 @@ Four variants run over the same pairs:
 - ``plain loop``: one process, a bare ``sqlite3.connect`` per question, both queries, ``fetchall``,
   ``set(a) == set(b)``. There are no safety checks at all: this is the baseline.
 - ``ours, 1 process``: ``score_predictions(..., workers=1)``. Every query runs in the read-only sandbox
-  (``mode=ro``, an authorizer, a progress-handler deadline per query, capped fetches); consecutive questions
-  on one database (runs of up to 16) share one connection, opened and closed around the run.
+  (``mode=ro``, an authorizer, a progress-handler deadline per query, capped fetches) in one supervised worker
+  process (hard deadline, memory bound; its start is timed); consecutive questions on one database (runs of
+  up to 16) share one connection.
   Target: at most 1.3x the time of the plain loop.
 - ``classic pool``: how BIRD's ``evaluation_ex.py`` and test-suite-sql-eval do it. A
   ``multiprocessing.Pool`` gets one ``apply_async`` per question, and each query (on its own connection, as
   in test-suite-sql-eval's ``exec_on_db``) runs under a ``func_timeout``-style limit: a new thread per call,
   ``join(timeout)``, and a thread that overruns is abandoned, still running. Any error scores 0. Results
   are collected in question order.
-- ``ours, N processes``: ``score_predictions(..., workers=N)``, a forkserver process pool with N processes, as
-  many as the classic pool has. Target: faster than the classic pool on the same cores.
-- ``ours, --workers auto``: the default, which starts in one process and moves to a pool only when the
-  projected remaining work exceeds a second (on Spider it should stay in one process).
+- ``ours, N processes``: ``score_predictions(..., workers=N)``, N supervised worker processes, as many as the
+  classic pool has. Target: faster than the classic pool on the same cores.
+- ``ours, --workers auto``: the default, which starts on one worker process and spreads the rest over every
+  core only when the projected remaining work exceeds a second (on Spider it should stay on one).
 - ``ours, spider metric, 1 process``: test-suite-sql-eval's rules (DISTINCT removal and the other rewrites,
   the quick check, column permutations) instead of BIRD's set comparison.
 

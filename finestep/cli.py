@@ -31,6 +31,46 @@ def default_spider_dir() -> Path:
     return Path(os.environ.get("FINESTEP_SPIDER_DIR", "../shared/data/spider"))
 
 
+def _bounded(kind: type, low: float, strict: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: ``kind(text)``, finite and ``>= low`` (``> low`` when ``strict``)."""
+    noun = "an integer" if kind is int else "a number"
+    wanted = f"{noun} {'>' if strict else '>='} {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} {'>' if strict else '>='} {low:g}"
+    return parse
+
+
+_positive_int = _bounded(int, 1)
+_non_negative_int = _bounded(int, 0)
+_positive_float = _bounded(float, 0, strict=True)
+_non_negative_float = _bounded(float, 0)
+
+
+def _check_output(path: Path | None, flag: str, folder: bool = False) -> None:
+    """Refuse, before any work is done, an output path that cannot be written: a folder where a file is
+    expected (or the reverse), or one below a file."""
+    if path is None:
+        return
+    if path.exists() and path.is_dir() != folder:
+        raise DataError(f"{flag} {path}: is a {'file' if folder else 'folder'}; expected a {'folder' if folder else 'file'} name")
+    for ancestor in path.absolute().parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise DataError(f"{flag} {path}: {ancestor} is a file, not a folder")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise DataError(f"{flag} {path}: cannot write in {ancestor}")
+            return
+
+
 def _progress(console: Console) -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -49,6 +89,7 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
     data = args.data or (default_spider_dir() if args.benchmark == "spider" else None)
     if data is None:
         raise DataError("--data is required for --benchmark bird (the folder holding dev.json and dev_databases/)")
+    _check_output(args.out, "--out")
     if args.gold:
         from finestep.data.gold import load_gold
 
@@ -76,10 +117,11 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_sql(args: argparse.Namespace, console: Console) -> int:
     from finestep.agent.protocol import ObservationFormat, format_observation
-    from finestep.sql.executor import SandboxLimits, execute
+    from finestep.sql.executor import SandboxLimits, SqlSandbox
 
     sql = sys.stdin.read() if args.query == "-" else args.query
-    result = execute(args.db, sql, SandboxLimits(timeout_s=args.timeout))
+    with SqlSandbox(SandboxLimits(timeout_s=args.timeout), cache_entries=0) as sandbox:
+        result = sandbox.execute(args.db, sql)
     observation = format_observation(result, args.turns_left, ObservationFormat(max_rows=args.max_rows))
     print(observation)  # plain print: the exact text, no rich markup
     if args.verbose:
@@ -93,6 +135,7 @@ def _cmd_credit(args: argparse.Namespace, console: Console) -> int:
     from finestep.atomic import atomic_write_text
     from finestep.eval.credit_inspect import inspect_credit, print_credit_tables
 
+    _check_output(args.out, "--out")
     lines = inspect_credit(args.input, args.estimator, args.overrides, args.db_root)
     text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
     show_table = args.table if args.table is not None else console.is_terminal
@@ -111,6 +154,7 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
     from finestep.train.rl import RLTrainer
 
     run_dir = args.resume or args.run_dir
+    _check_output(run_dir, "--resume" if args.resume else "--run-dir", folder=True)
     if args.resume:
         config = load_train_config(args.resume / "config.yaml", args.overrides, args.plugin)
     else:
@@ -147,14 +191,12 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
 
 
 def _load_agent(model_dir: Path, protocol_name: str, device: str) -> tuple[object, object, object]:
-    import torch
-
     from finestep.agent.generators import get_generator
     from finestep.agent.protocol import get_protocol
     from finestep.models import load_model, load_tokenizer
+    from finestep.models.loading import resolve_device
 
-    target = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(model_dir, device=target)
+    model = load_model(model_dir, device=resolve_device(device))
     tokenizer = load_tokenizer(model_dir)
     return get_generator("hf", model=model, tokenizer=tokenizer), get_protocol(protocol_name), model
 
@@ -198,8 +240,6 @@ def _cmd_agent_eval(args: argparse.Namespace, console: Console) -> int:
     data = args.data or (default_spider_dir() if args.benchmark == "spider" else None)
     if data is None:
         raise DataError("--data is required for --benchmark bird")
-    if args.samples < 0:
-        raise ValueError(f"--samples must be >= 0, got {args.samples}")
     benchmark = load_benchmark(args.benchmark, data)
     sampling = _sampling_config(args) if args.samples else None
     generator, protocol, _ = _load_agent(args.model, args.protocol, args.device)
@@ -263,14 +303,14 @@ def _cmd_ask(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_sft(args: argparse.Namespace, console: Console) -> int:
-    import torch
-
     from finestep.agent.protocol import get_protocol
     from finestep.models import load_model, load_tokenizer
+    from finestep.models.loading import resolve_device
     from finestep.sql.executor import SqlSandbox
     from finestep.train.sft import SFTConfig, build_sft_examples, load_sft_records, train_sft
 
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
+    _check_output(args.out, "--out", folder=True)
     from finestep.agent.rollout import RolloutConfig
 
     config = SFTConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
@@ -467,20 +507,17 @@ def _plugin_arguments(argv: Sequence[str]) -> list[str]:
 def _add_agent_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="local Hugging Face model folder")
     parser.add_argument("--protocol", choices=_protocols(), default="tags", help="action format (default tags)")
-    parser.add_argument("--max-turns", type=int, default=4, help="assistant turns at most (default 4)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens per turn at most (default 256)")
-    parser.add_argument("--max-total-tokens", type=int, default=2048, help="token budget per episode (default 2048)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
-    parser.add_argument("--schema-sample-values", type=int, default=3, help="sample values per column in the prompt")
+    parser.add_argument("--max-turns", type=_positive_int, default=4, help="assistant turns at most (default 4)")
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=256, help="tokens per turn at most (default 256)")
+    parser.add_argument("--max-total-tokens", type=_positive_int, default=2048, help="token budget per episode (default 2048)")
+    parser.add_argument("--temperature", type=_non_negative_float, default=0.0, help="sampling temperature (default 0: greedy)")
+    parser.add_argument("--schema-sample-values", type=_non_negative_int, default=3, help="sample values per column in the prompt")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
 
 
 def _workers_arg(text: str) -> str | int:
-    if text == "auto":
-        return text
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}")
-    return int(text)
+    """An argparse ``type``: ``auto`` or an integer >= 1."""
+    return text if text == "auto" else int(_positive_int(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -513,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workers", default="auto", type=_workers_arg,
                     help="processes executing queries: a number, or auto (default: one process, moving to every "
                     "core once the remaining work is projected to take over a second)")
-    ev.add_argument("--timeout", type=float, default=30.0, help="seconds per query (default 30, as BIRD)")
+    ev.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per query (default 30, as BIRD)")
     ev.add_argument("--by", choices=["auto", "difficulty", "database"], default="auto", help="table breakdown")
     ev.set_defaults(handler=_cmd_eval)
 
@@ -524,9 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sq.add_argument("--db", type=Path, required=True, help="SQLite database file")
     sq.add_argument("query", help="the SQL (or - to read it from standard input)")
-    sq.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-    sq.add_argument("--max-rows", type=int, default=20, help="rows shown (default 20)")
-    sq.add_argument("--turns-left", type=int, help="append the turns-left line as in a rollout")
+    sq.add_argument("--timeout", type=_positive_float, default=5.0, help="seconds (default 5)")
+    sq.add_argument("--max-rows", type=_positive_int, default=20, help="rows shown (default 20)")
+    sq.add_argument("--turns-left", type=_non_negative_int, help="append the turns-left line as in a rollout")
     sq.add_argument("-v", "--verbose", action="store_true", help="also print timing and error kind")
     sq.set_defaults(handler=_cmd_sql)
 
@@ -580,15 +617,16 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--benchmark", choices=_benchmarks(), required=True)
     ae.add_argument("--data", type=Path, help="benchmark folder (Spider: default $FINESTEP_SPIDER_DIR)")
     ae.add_argument("--out", type=Path, default=Path("runs/agent-eval"), help="output folder")
-    ae.add_argument("--limit", type=int, help="only the first N available tasks")
-    ae.add_argument("--batch-tasks", type=int, default=16, help="tasks rolled out together (default 16)")
-    ae.add_argument("--samples", type=int, default=0, metavar="K",
+    ae.add_argument("--limit", type=_positive_int, help="only the first N available tasks")
+    ae.add_argument("--batch-tasks", type=_positive_int, default=16, help="tasks rolled out together (default 16)")
+    ae.add_argument("--samples", type=_non_negative_int, default=0, metavar="K",
                     help="also sample K episodes per question: majority-vote EX, pass@k and efficiency per sample "
                     "(sampled_metrics.json, majority/ predictions); greedy only when --greedy is given too")
     ae.add_argument("--greedy", action="store_true", help="with --samples: run the greedy episodes as well")
     ae.add_argument("--config", type=Path, help="RL config whose rollout.temperature and rollout.top_p the samples "
                     "use (default: temperature 1.0, top_p 1.0)")
-    ae.add_argument("--sample-temperature", type=float, help="the samples' temperature (overrides --config)")
+    ae.add_argument("--sample-temperature", type=_positive_float,
+                    help="the samples' temperature (overrides --config)")
     ae.set_defaults(handler=_cmd_agent_eval)
 
     ak = commands.add_parser(
@@ -609,10 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--data", type=Path, required=True, help="trajectory JSONL file")
     sf.add_argument("--out", type=Path, required=True, help="folder for the fine-tuned model (written atomically)")
     sf.add_argument("--db-root", type=Path, help="folder that relative db_path values start from")
-    sf.add_argument("--epochs", type=int, default=3)
-    sf.add_argument("--lr", type=float, default=1e-3)
-    sf.add_argument("--batch-size", type=int, default=8)
-    sf.add_argument("--max-turns", type=int, default=4, help="the turn count the prompt announces")
+    sf.add_argument("--epochs", type=_positive_int, default=3)
+    sf.add_argument("--lr", type=_positive_float, default=1e-3)
+    sf.add_argument("--batch-size", type=_positive_int, default=8)
+    sf.add_argument("--max-turns", type=_positive_int, default=4, help="the turn count the prompt announces")
     sf.add_argument("--protocol", choices=_protocols(), default="tags")
     sf.add_argument("--schema-style", choices=["create", "compact"], default="create",
                     help="prompt schema as CREATE TABLE text or one line per table (use what training will use)")
@@ -639,14 +677,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"one of {', '.join(name for name in ABLATIONS if name != 'full')} (finestep-v1: FineStep version 1)",
     )  # fmt: skip
     bn.add_argument("--estimators", default="grpo,finestep", help="comma-separated names (default grpo,finestep)")
-    bn.add_argument("--seeds", type=int, default=3, help="seeds per estimator (default 3)")
+    bn.add_argument("--seeds", type=_positive_int, default=3, help="seeds per estimator (default 3)")
     bn.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (default runs/bench)")
     bn.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "sqlworld-tiny.yaml",
                     help="base RL config (default configs/sqlworld-tiny.yaml)")
     bn.add_argument("--model", type=Path, help="start every run from this checkpoint instead of SQLWorld's warm "
                     "start (e.g. with --config configs/spider-tiny.yaml model.init=pretrained)")
-    bn.add_argument("--world-seed", type=int, default=0, help="SQLWorld's generator seed (default 0)")
-    bn.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process with one thread "
+    bn.add_argument("--world-seed", type=_non_negative_int, default=0, help="SQLWorld's generator seed (default 0)")
+    bn.add_argument("--jobs", type=_positive_int, default=1, help="runs at once, each in its own process with one thread "
                     "(default 1; e.g. 2 on 2 cores)")
     bn.add_argument("--secondary", default="none", choices=["none", "valid", "heldout", "test"],
                     help="SQLWorld: a second split every final model and the warm start are also evaluated on "
@@ -678,8 +716,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=args.command == "sql", width=None if stream.isatty() else 150)
     try:
         return args.handler(args, console)
-    except (DataError, ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
+    except (DataError, ValueError, OSError) as exc:  # ConfigError is a ValueError; OSError names its file
         Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return 2
+    except RecursionError:
+        Console(stderr=True).print("[red]error:[/red] input nested too deeply to read", highlight=False)
         return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("[red]interrupted[/red]")

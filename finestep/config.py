@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -18,6 +19,7 @@ import yaml
 __all__ = [
     "ConfigError",
     "apply_overrides",
+    "check_range",
     "config_help",
     "format_config_help",
     "from_dict",
@@ -88,7 +90,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
@@ -102,6 +110,25 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     return value
+
+
+def check_range(
+    owner: object, name: str, low: float | None = None, high: float | None = None, high_open: bool = False
+) -> None:
+    """Raise ``ValueError("name: must be ... got v")`` unless ``low <= owner.name <= high`` (``< high`` when
+    ``high_open``); ``None`` values pass. Meant for ``__post_init__``: :func:`from_dict` adds the section."""
+    value = getattr(owner, name)
+    if value is None:
+        return
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if (low is not None and value < low) or too_high or (isinstance(value, float) and math.isnan(value)):
+        if high is None:
+            wanted = f">= {low:g}"
+        elif low is None:
+            wanted = f"{'<' if high_open else '<='} {high:g}"
+        else:
+            wanted = f"in [{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name}: must be {wanted}, got {value!r}")
 
 
 def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:

@@ -45,9 +45,14 @@ class RolloutConfig:
     env: str = option("sql", help="the registered environment each episode runs in (finestep.env)")
 
     def __post_init__(self) -> None:
-        for name in ("group_size", "max_turns", "max_new_tokens", "max_total_tokens"):
+        for name in ("group_size", "max_turns", "max_new_tokens", "max_total_tokens", "schema_max_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("temperature", "schema_sample_values", "observation_rows"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass

@@ -68,23 +68,36 @@ class Benchmark:
 
 
 def read_text(path: Path, what: str = "file") -> str:
-    """A UTF-8 text file (a byte-order mark is dropped); :class:`DataError` names the file when it is missing
-    or not UTF-8."""
+    """A UTF-8 text file (a byte-order mark is dropped); :class:`DataError` names the file when it is missing,
+    a folder, unreadable or not UTF-8."""
     try:
         return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder; expected a {what}") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+
+
+def parse_json(text: str, where: str, one_line: bool = False) -> Any:
+    """``json.loads(text)``; malformed or too deeply nested input raises :class:`DataError` that starts with
+    ``where`` and the error's position (``line:column``, or only the column when ``one_line``: ``where`` then
+    names the line, as ``file:line``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        position = str(exc.colno) if one_line else f"{exc.lineno}:{exc.colno}"
+        raise DataError(f"{where}:{position}: malformed JSON: {exc.msg}") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to read") from None
 
 
 def read_json(path: Path) -> Any:
     """Parse a JSON file; malformed input raises :class:`DataError` naming the file, line and column."""
-    text = read_text(path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from None
+    return parse_json(read_text(path), str(path))
 
 
 def require_field(entry: Any, key: str, path: Path, position: int, kind: type = str) -> Any:

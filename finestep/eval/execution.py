@@ -1,13 +1,14 @@
 """Execution accuracy of predicted SQL against gold SQL, scored through the sandbox by the official rules.
 
 Which texts run and how results compare is the job of :class:`finestep.eval.official.Scorer` (test-suite-sql-eval
-for ``spider``, BIRD's ``evaluation_ex.py`` for ``bird``); this module runs the pairs, in this process or over a
-process pool, and collects the verdicts.
+for ``spider``, BIRD's ``evaluation_ex.py`` for ``bird``); this module runs the pairs and collects the verdicts.
+Queries run in supervised worker processes (:mod:`finestep.sql.workers`): a query that overruns its limit
+is answered ``timeout`` by killing its worker, one that needs too much memory ``too_large``, and slow queries
+spread over all workers, so runaways cost at most about ``runaways x limit / workers`` of wall time.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -16,7 +17,8 @@ from typing import Any
 
 from finestep.data.task import Benchmark, Task
 from finestep.eval.official import Scorer
-from finestep.sql.executor import ExecutionResult, SandboxLimits, default_workers, execute_on, parallel_map
+from finestep.sql.executor import ExecutionResult, SandboxLimits, default_workers, execute_on
+from finestep.sql.workers import WorkerPool
 
 __all__ = [
     "AUTO_POOL_AFTER_S", "EVAL_LIMITS", "NO_PREDICTION", "EvalReport", "QuestionScore", "score_pair", "score_pairs",
@@ -24,13 +26,17 @@ __all__ = [
 ]  # fmt: skip
 
 NO_PREDICTION = "no prediction"
-# --workers auto: scoring starts in this process and moves to a pool of every usable core only when the rest of
-# the work, projected from the questions done so far, would take longer than this. Starting a forkserver pool
-# costs about 0.1-0.3 s (docs/benchmarks.md), so below a second of work one process wins.
+# --workers auto: scoring starts on one worker process and spreads the rest over every usable core only when it,
+# projected from the questions done so far, would take longer than this. Starting worker processes costs about
+# 0.1-0.3 s (docs/benchmarks.md), so below a second of work one worker wins.
 AUTO_POOL_AFTER_S = 1.0
+# --workers auto measures its pace over runs of this many jobs (of up to 16 questions each) before deciding again.
+AUTO_STEP_JOBS = 8
 
 # BIRD's scorer gives each query 30 s; results are fetched whole (up to these caps) so that they can be compared.
-EVAL_LIMITS = SandboxLimits(timeout_s=30.0, max_rows=1_000_000, max_bytes=512 * 2**20, max_value_bytes=64 * 2**20)
+EVAL_LIMITS = SandboxLimits(
+    timeout_s=30.0, max_rows=1_000_000, max_bytes=256 * 2**20, max_value_bytes=64 * 2**20, max_memory_bytes=512 * 2**20
+)
 
 
 @dataclass(frozen=True)
@@ -69,8 +75,9 @@ def _as_scorer(metric: str | Scorer) -> Scorer:
 def score_pairs(
     job: tuple[str, Sequence[tuple[str | None, str]], str | Scorer, SandboxLimits],
 ) -> list[tuple[bool, str | None]]:
-    """Execute predictions and their gold queries on one database and compare each pair.
+    """Execute predictions and their gold queries on one database, in this process, and compare each pair.
 
+    For untrusted predictions use :func:`score_predictions`, which adds a hard deadline and a memory bound.
     ``job`` is ``(db_path, [(pred_sql, gold_sql), ...], metric or Scorer, limits)``; all queries run on one
     read-only connection (closed before returning), each within its own limits, as the scorer's official script
     would run them. Returns ``(correct, error)`` per pair, where ``error`` says why a prediction failed or could
@@ -78,16 +85,37 @@ def score_pairs(
     """
     db_path, pairs, metric, limits = job
     scorer = _as_scorer(metric)
-    texts = [scorer.queries(pred_sql, gold_sql) for pred_sql, gold_sql in pairs if pred_sql is not None]
-    as_official = replace(limits, verbatim=True, text_errors=scorer.text_errors)
-    results = iter(execute_on(db_path, [q for pair in texts for q in pair], as_official))
+    texts = _executed_texts(scorer, pairs)
+    results = execute_on(db_path, [q for pair in texts for q in pair], _as_official(limits, scorer))
+    return _pair_verdicts(scorer, pairs, texts, results, limits)
+
+
+def _as_official(limits: SandboxLimits, scorer: Scorer) -> SandboxLimits:
+    """``limits`` with the execution of the scorer's official script: text run as given, its text decoding."""
+    return replace(limits, verbatim=True, text_errors=scorer.text_errors)
+
+
+def _executed_texts(scorer: Scorer, pairs: Sequence[tuple[str | None, str]]) -> list[tuple[str, str]]:
+    """The (prediction, gold) texts the official scorer runs, for the pairs that have a prediction."""
+    return [scorer.queries(pred_sql, gold_sql) for pred_sql, gold_sql in pairs if pred_sql is not None]
+
+
+def _pair_verdicts(
+    scorer: Scorer,
+    pairs: Sequence[tuple[str | None, str]],
+    texts: list[tuple[str, str]],
+    results: Sequence[ExecutionResult],
+    limits: SandboxLimits,
+) -> list[tuple[bool, str | None]]:
+    """``(correct, error)`` per pair from the results of ``texts`` (prediction, gold, prediction, gold, ...)."""
+    answers = iter(results)
     executed = iter(texts)
     verdicts: list[tuple[bool, str | None]] = []
     for pred_sql, _ in pairs:
         if pred_sql is None:
             verdicts.append((False, NO_PREDICTION))
             continue
-        pred, gold = next(results), next(results)
+        pred, gold = next(answers), next(answers)
         verdicts.append(_verdict(pred, gold, next(executed)[1], scorer, limits))
     return verdicts
 
@@ -173,40 +201,38 @@ class EvalReport:
         }
 
 
-def _shifted(progress: Callable[[int], None] | None, offset: int) -> Callable[[int], None] | None:
-    """``progress`` counting from ``offset`` (jobs done before a pool took over)."""
-    return None if progress is None else (lambda k: progress(offset + k))
-
-
 def _pool_pays(elapsed_s: float, jobs_done: int, jobs_left: int, cores: int) -> bool:
-    """Whether ``--workers auto`` hands the ``jobs_left`` remaining jobs to a pool: there is more than one core and
-    more than one job left, and they would take over :data:`AUTO_POOL_AFTER_S` at the pace of the ``jobs_done``
-    jobs that took ``elapsed_s`` seconds."""
+    """Whether ``--workers auto`` spreads the ``jobs_left`` remaining jobs over every core: there is more than
+    one core and more than one job left, and they would take over :data:`AUTO_POOL_AFTER_S` at the pace of the
+    ``jobs_done`` jobs that took ``elapsed_s`` seconds."""
     if cores <= 1 or jobs_left <= 1 or jobs_done == 0:
         return False
     return elapsed_s / jobs_done * jobs_left > AUTO_POOL_AFTER_S
 
 
-def _run_jobs(
-    jobs: list[Any], workers: int | str, progress: Callable[[int], None] | None
-) -> tuple[list[list[tuple[bool, str | None]]], int]:
-    """``score_pairs`` over ``jobs``: ``(results in job order, processes used)``.
+def _shifted(done: Callable[[int], None], offset: int) -> Callable[[int], None]:
+    """``done`` for a slice of the jobs that starts at ``offset``."""
+    return lambda j: done(offset + j)
 
-    ``workers="auto"`` starts in this process and hands the rest to a pool of every usable core once the
-    projected remaining time passes :data:`AUTO_POOL_AFTER_S`.
+
+def _run_jobs(
+    pool: WorkerPool, jobs: list[tuple[str, list[str]]], workers: int | str, done: Callable[[int], None]
+) -> tuple[list[list[ExecutionResult]], int]:
+    """Every job's results from ``pool``: ``(results in job order, processes used)``; ``done(j)`` as job j ends.
+
+    ``workers="auto"`` runs on one worker, :data:`AUTO_STEP_JOBS` jobs at a time, and gives the rest to every
+    usable core once the projected remaining time passes :data:`AUTO_POOL_AFTER_S`.
     """
     if workers != "auto":
-        return parallel_map(score_pairs, jobs, int(workers), progress, chunksize=1), int(workers)
+        return pool.run(jobs, int(workers), done), int(workers)
     cores = default_workers()
-    results: list[list[tuple[bool, str | None]]] = []
+    results: list[list[ExecutionResult]] = []
     start = time.perf_counter()
-    for n, job in enumerate(jobs):
-        if _pool_pays(time.perf_counter() - start, n, len(jobs) - n, cores):
-            rest = parallel_map(score_pairs, jobs[n:], cores, _shifted(progress, n), chunksize=1)
-            return results + rest, cores
-        results.append(score_pairs(job))
-        if progress is not None:
-            progress(len(results))
+    while len(results) < len(jobs):
+        offset = len(results)
+        if _pool_pays(time.perf_counter() - start, offset, len(jobs) - offset, cores):
+            return results + pool.run(jobs[offset:], cores, _shifted(done, offset)), cores
+        results += pool.run(jobs[offset : offset + AUTO_STEP_JOBS], 1, _shifted(done, offset))
     return results, 1
 
 
@@ -229,19 +255,31 @@ def score_predictions(
     if len(predictions) != len(benchmark.tasks):
         raise ValueError(f"{len(predictions)} predictions for {len(benchmark.tasks)} questions")
     scorer = Scorer(metric, keep_distinct)
-    workers = default_workers() if workers is None else workers
+    workers = max(1, default_workers()) if workers is None else workers
     start = time.perf_counter()
-    # Questions on one database share a connection (opening one costs more than most Spider queries); runs are
-    # capped so that the pool still balances its work.
+    # Questions on one database go to a worker together (opening a database costs more than most Spider
+    # queries); an idle worker takes over the unstarted half of a busy worker's run.
     given = [t for t in benchmark.available if predictions[t.index] is not None]
     chunks = _chunks_by_database(given, max_chunk=16)
-    jobs = [(str(c[0].db_path), [(predictions[t.index], t.gold_sql) for t in c], scorer, limits) for c in chunks]
-    done = list(itertools.accumulate(len(c) for c in chunks))
-    progress = None if on_progress is None else (lambda n: on_progress(done[n - 1]))
-    results, used = _run_jobs(jobs, workers, progress)
+    pairs = [[(predictions[t.index], t.gold_sql) for t in chunk] for chunk in chunks]
+    texts = [_executed_texts(scorer, chunk_pairs) for chunk_pairs in pairs]
+    jobs = [(str(c[0].db_path), [q for pair in t for q in pair]) for c, t in zip(chunks, texts)]
+    n_done = [0]
+
+    def finished(chunk: int) -> None:
+        n_done[0] += len(chunks[chunk])
+        if on_progress is not None:
+            on_progress(n_done[0])
+
+    official = _as_official(limits, scorer)
+    pool = WorkerPool(official, max_idle=1 if workers == "auto" else 0)
+    try:
+        answers, used = _run_jobs(pool, jobs, workers, finished)
+    finally:
+        pool.close()
     verdicts: dict[int, tuple[bool | None, str | None]] = {}
-    for chunk, chunk_verdicts in zip(chunks, results):
-        verdicts.update(zip((t.index for t in chunk), chunk_verdicts))
+    for chunk, chunk_pairs, chunk_texts, results in zip(chunks, pairs, texts, answers):
+        verdicts.update(zip((t.index for t in chunk), _pair_verdicts(scorer, chunk_pairs, chunk_texts, results, limits)))
     available = {t.index for t in benchmark.available}
     scores = []
     for task in benchmark.tasks:

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from finestep.data.task import DataError, Task, read_text
+from finestep.data.task import DataError, Task, parse_json, read_text
 
 __all__ = ["BIRD_SEPARATOR", "detect_format", "read_predictions"]
 
@@ -34,8 +34,8 @@ def detect_format(text: str) -> str:
     first_line = stripped.splitlines()[0].strip()
     try:
         first = json.loads(first_line)
-    except json.JSONDecodeError:
-        return "bird"  # a pretty-printed object spans several lines
+    except (json.JSONDecodeError, RecursionError):
+        return "bird"  # a pretty-printed object spans several lines (the reader reports real errors)
     return "jsonl" if isinstance(first, dict) and "sql" in first else "bird"
 
 
@@ -64,10 +64,7 @@ def _read_lines(path: Path, text: str, tasks: list[Task]) -> list[str | None]:
 
 
 def _read_bird(path: Path, text: str, tasks: list[Task]) -> list[str | None]:
-    try:
-        entries = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from None
+    entries = parse_json(text, str(path))
     if not isinstance(entries, dict):
         raise DataError(f"{path}: expected BIRD's JSON object {{\"0\": \"SQL\\t----- bird -----\\tdb_id\"}}")
     predictions: list[str | None] = [None] * len(tasks)
@@ -93,15 +90,14 @@ def _read_jsonl(path: Path, text: str, tasks: list[Task]) -> list[str | None]:
     for line_no, line in enumerate(_split_lines(text), start=1):
         if not line.strip():
             continue
-        try:
-            entry: Any = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{line_no}:{exc.colno}: malformed JSON: {exc.msg}") from None
+        entry: Any = parse_json(line, f"{path}:{line_no}", one_line=True)
         if not isinstance(entry, dict) or "sql" not in entry or "id" not in entry:
             raise DataError(f"{path}:{line_no}: expected an object with fields 'id' and 'sql'")
         if not isinstance(entry["sql"], str):
             raise DataError(f"{path}:{line_no}: field 'sql' should be a string, got {type(entry['sql']).__name__}")
         key = entry["id"]
+        if not isinstance(key, (str, int)) or isinstance(key, bool):
+            raise DataError(f"{path}:{line_no}: field 'id' should be a task id (string) or a position (integer), got {key!r}")
         if str(key) in by_id:
             index = by_id[str(key)]
         elif isinstance(key, int) and 0 <= key < len(tasks):

@@ -12,7 +12,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_LORA_TARGETS", "ModelNotFoundError", "load_model", "load_tokenizer", "quiet_libraries"]
+__all__ = [
+    "DEFAULT_LORA_TARGETS",
+    "ModelNotFoundError",
+    "load_model",
+    "load_tokenizer",
+    "quiet_libraries",
+    "resolve_device",
+]
 
 
 def quiet_libraries() -> None:
@@ -38,6 +45,27 @@ DEFAULT_LORA_TARGETS: tuple[str, ...] = (
 
 class ModelNotFoundError(FileNotFoundError):
     """Raised when a model or tokenizer folder does not exist or lacks its files."""
+
+
+def resolve_device(name: str, key: str = "--device") -> torch.device:
+    """The torch device for ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; ``ValueError`` naming ``key``
+    for another name or a device this machine does not have."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{key}: mps requested but this machine has no MPS device; use auto or cpu")
+        return torch.device("mps")
+    kind, _, index = name.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ValueError(f"{key}: expected auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{key}: {name} requested but this machine has no CUDA device; use auto or cpu")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"{key}: {name} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(name)
 
 
 def _check_dir(path: str | Path, needed: tuple[str, ...]) -> Path:

@@ -54,6 +54,12 @@ class LinkConfig:
     link_threshold: float = option(0.6, help="token similarity a repair needs to the failed step's SQL")
     observation_rows: int = option(20, help="rows of an observation whose values count as seen (uses links)")
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.link_threshold <= 1:
+            raise ValueError(f"link_threshold: must be in [0, 1], got {self.link_threshold!r}")
+        if self.observation_rows < 0:
+            raise ValueError(f"observation_rows: must be >= 0, got {self.observation_rows!r}")
+
 
 @dataclass(frozen=True)
 class RewardConfig:

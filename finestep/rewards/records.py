@@ -13,12 +13,12 @@ Scoring a record (``finestep.rewards.scoring.score_record``) uses whatever is gi
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finestep.data.task import DataError, read_text
+from finestep.data.task import DataError, parse_json, read_text
 
 __all__ = ["TrajectoryRecord", "read_trajectories"]
 
@@ -38,6 +38,7 @@ class TrajectoryRecord:
     gold_sql: str | None
     question: str
     raw: dict[str, Any] = field(repr=False)
+    source: str = field(default="", repr=False)  # the file it was read from
 
 
 def _expect(condition: bool, where: str, message: str) -> None:
@@ -45,8 +46,27 @@ def _expect(condition: bool, where: str, message: str) -> None:
         raise DataError(f"{where}: {message}")
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _number_problem(value: Any) -> str | None:
+    """Why ``value`` is not a finite number, or None (JSON allows NaN, Infinity and integers too large for a
+    float: none of them is a reward)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return f"expected a number, got {_short(value)}"
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:
+        finite = False
+    return None if finite else f"expected a finite number, got {_short(value)}"
+
+
+def _expect_number(value: Any, where: str) -> None:
+    problem = _number_problem(value)
+    if problem is not None:
+        raise DataError(f"{where}: {problem}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 200 else f"an integer of {len(str(value))} digits"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _validate_step(step: Any, where: str, index: int) -> None:
@@ -55,7 +75,7 @@ def _validate_step(step: Any, where: str, index: int) -> None:
     if step["kind"] != "none" or "sql" in step:
         _expect(isinstance(step.get("sql", ""), str), f"{where}.sql", "expected a string")
     if "process_reward" in step:
-        _expect(_number(step["process_reward"]), f"{where}.process_reward", "expected a number")
+        _expect_number(step["process_reward"], f"{where}.process_reward")
     if "links" in step:
         links = step["links"]
         _expect(isinstance(links, list) and all(isinstance(k, int) and not isinstance(k, bool) for k in links),
@@ -67,16 +87,13 @@ def _validate_step(step: Any, where: str, index: int) -> None:
 
 
 def _parse_line(text: str, where: str, db_root: Path) -> tuple[dict[str, Any], Path | None]:
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where}:{exc.colno}: malformed JSON: {exc.msg}") from None
+    raw = parse_json(text, where, one_line=True)
     _expect(isinstance(raw, dict), where, "expected a JSON object")
     for key in ("task_id", "trajectory_id"):
         _expect(isinstance(raw.get(key), str), f"{where}: field {key!r}", "expected a string")
     _expect(isinstance(raw.get("steps"), list), f"{where}: field 'steps'", "expected a list")
     if raw.get("outcome") is not None:
-        _expect(_number(raw["outcome"]), f"{where}: field 'outcome'", "expected a number")
+        _expect_number(raw["outcome"], f"{where}: field 'outcome'")
     for key in ("db_path", "gold_sql", "question"):
         if raw.get(key) is not None:
             _expect(isinstance(raw[key], str), f"{where}: field {key!r}", "expected a string")
@@ -110,7 +127,7 @@ def read_trajectories(path: str | Path, db_root: str | Path | None = None) -> li
             TrajectoryRecord(
                 line=number, task_id=raw["task_id"], trajectory_id=raw["trajectory_id"], steps=raw["steps"],
                 outcome=raw.get("outcome"), db_path=db_path, gold_sql=raw.get("gold_sql"),
-                question=raw.get("question") or "", raw=raw,
+                question=raw.get("question") or "", raw=raw, source=str(path),
             )
         )  # fmt: skip
     return records

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from finestep.agent.trajectory import Trajectory
@@ -129,9 +130,19 @@ def score_episodes(
     return scores
 
 
+def _is_sqlite_file(path: Path) -> bool:
+    """An empty file (SQLite's empty database) or one that starts with SQLite's header."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+    except OSError:
+        return False
+    return header in (b"", b"SQLite format 3\x00")
+
+
 def score_record(record: TrajectoryRecord, sandbox: SqlSandbox, config: RewardConfig) -> ScoredTrajectory:
     """Fill in R, r_t and links where a trajectory-file record lacks them, by executing its SQL on its database."""
-    where = f"line {record.line}"
+    where = f"{record.source}:{record.line}" if record.source else f"line {record.line}"
     missing = []
     if record.outcome is None:
         missing.append("outcome")
@@ -146,6 +157,8 @@ def score_record(record: TrajectoryRecord, sandbox: SqlSandbox, config: RewardCo
             raise DataError(f"{where}: field 'db_path' is needed to compute {', '.join(missing)}")
         if not record.db_path.is_file():
             raise DataError(f"{where}: field 'db_path': database file not found: {record.db_path}")
+        if not _is_sqlite_file(record.db_path):
+            raise DataError(f"{where}: field 'db_path': not a SQLite database: {record.db_path}")
         results = [sandbox.execute(record.db_path, s["sql"]) if s.get("sql") else None for s in record.steps]
         if record.gold_sql is not None:
             gold = sandbox.execute(record.db_path, record.gold_sql)

@@ -1,7 +1,9 @@
 """Atomic training checkpoints: model and tokenizer, optimizer, scheduler, RNG and data-order state.
 
-A checkpoint is a folder ``checkpoints/step-000003/`` written under a temporary name and renamed into place,
-then recorded in ``checkpoints/latest``; a crash at any moment leaves the previous checkpoint intact.
+A checkpoint is a folder ``checkpoints/step-000003/`` written under a temporary name (``.step-000003.*``), its
+files flushed to disk (fsync), renamed into place, then recorded in ``checkpoints/latest``; a crash at any moment
+leaves the previous checkpoint intact. Temporary folders a crash left behind are removed when a run starts or
+resumes, and before each save.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import torch
 
 from finestep.atomic import atomic_write_text
 
-__all__ = ["capture_rng", "latest_checkpoint", "load_trainer_state", "restore_rng", "save_checkpoint"]
+__all__ = [
+    "capture_rng",
+    "latest_checkpoint",
+    "load_trainer_state",
+    "remove_stale_temporaries",
+    "restore_rng",
+    "save_checkpoint",
+]
 
 STATE_FILE = "trainer_state.pt"
 
@@ -44,6 +53,36 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the ``checkpoints/.step-*`` folders that a crash during a save left behind; returns them.
+
+    Only one process trains in a run folder, so no save is in progress when this runs.
+    """
+    root = run_dir / "checkpoints"
+    stale = sorted(p for p in root.glob(".step-*") if p.is_dir()) if root.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder``, then the folders themselves, to disk."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    for path in [*sorted(p for p in folder.rglob("*") if p.is_dir()), folder]:
+        _fsync_dir(path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(
     run_dir: Path, step: int, model: Any, tokenizer: Any, trainer_state: dict[str, Any], config_yaml: str, keep: int
 ) -> Path:
@@ -51,15 +90,18 @@ def save_checkpoint(
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
+    remove_stale_temporaries(run_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}.", dir=root))
     try:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
         torch.save(trainer_state, tmp / STATE_FILE)
         (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

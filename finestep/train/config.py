@@ -6,6 +6,7 @@ error names the dotted key and what was expected (``rollout.group_size: expected
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from finestep.agent.rollout import RolloutConfig
-from finestep.config import ConfigError, from_dict, merge_overrides, option, to_dict
+from finestep.config import ConfigError, check_range, from_dict, merge_overrides, option, to_dict
 from finestep.credit import CreditConfig
 from finestep.plugins import load_plugins, plugins_from_env
 from finestep.rewards.config import RewardConfig
@@ -31,6 +32,9 @@ __all__ = [
 ]
 
 
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
 @dataclass(frozen=True)
 class TinyModelConfig:
     """A tiny Qwen3-style model trained from scratch, with a BPE tokenizer trained on the task corpus."""
@@ -43,6 +47,16 @@ class TinyModelConfig:
     intermediate_size: int = option(128, help="MLP width")
     max_position_embeddings: int = option(4096, help="longest sequence the model accepts")
 
+    def __post_init__(self) -> None:
+        check_range(self, "vocab_size", 256 + 16)  # a byte-level BPE starts from the 256 bytes and the specials
+        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                     "max_position_embeddings"):  # fmt: skip
+            check_range(self, name, 1)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size: must be a multiple of num_heads ({self.num_heads}), got {self.hidden_size}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads: must be a multiple of num_kv_heads ({self.num_kv_heads}), got {self.num_heads}")
+
 
 @dataclass(frozen=True)
 class LoraSettings:
@@ -54,6 +68,11 @@ class LoraSettings:
     dropout: float = option(0.0, help="LoRA dropout")
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
                                       metadata={"help": "the modules that get adapters"})
+
+    def __post_init__(self) -> None:
+        check_range(self, "r", 1)
+        check_range(self, "alpha", 1)
+        check_range(self, "dropout", 0, 1, high_open=True)
 
 
 @dataclass(frozen=True)
@@ -93,6 +112,11 @@ class DataConfig:
                                    "returns no rows (an empty answer would earn full reward); those whose gold "
                                    "fails are always left out, held-out tasks never")  # fmt: skip
 
+    def __post_init__(self) -> None:
+        check_range(self, "eval_databases", 0)
+        check_range(self, "max_train_tasks", 1)
+        check_range(self, "max_eval_tasks", 0)
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -108,6 +132,17 @@ class OptimConfig:
     eps_low: float = option(0.2, help="PPO clip below: ratio >= 1 - eps_low")
     eps_high: float = option(0.28, help="PPO clip above: ratio <= 1 + eps_high (clip-higher)")
     kl_coef: float = option(0.0, help="> 0 keeps a frozen reference policy and adds the k3 KL term")
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr!r}")
+        for name, low in (("weight_decay", 0), ("warmup_steps", 0), ("epochs", 1), ("minibatch_size", 1),
+                          ("eps_low", 0), ("eps_high", 0), ("kl_coef", 0)):  # fmt: skip
+            check_range(self, name, low)
+        if not self.grad_clip > 0:
+            raise ValueError(f"grad_clip: must be > 0, got {self.grad_clip!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas: must be two numbers in [0, 1), got {list(self.betas)!r}")
 
 
 @dataclass(frozen=True)
@@ -125,6 +160,13 @@ class TrainerConfig:
     tensorboard: bool = option(False, help="also log to TensorBoard (RUN_DIR/tensorboard)")
     wandb: bool = option(False, help="also log to Weights & Biases")
     wandb_project: str = option("finestep", help="the Weights & Biases project")
+
+    def __post_init__(self) -> None:
+        for name, low in (("max_steps", 0), ("tasks_per_step", 1), ("eval_every", 0), ("save_every", 0),
+                          ("keep_checkpoints", 0)):  # fmt: skip
+            check_range(self, name, low)
+        if not _DEVICE.fullmatch(self.device):
+            raise ValueError(f"device: expected auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
 
 @dataclass(frozen=True)
@@ -164,6 +206,10 @@ def load_train_config(
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a folder; expected a YAML config file") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: malformed YAML: {exc}") from None
         if not isinstance(data, dict):

@@ -8,6 +8,7 @@ continues from the newest checkpoint exactly: step, optimizer, scheduler, RNG st
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from finestep.credit import StepAdvantages, StepBatch
 from finestep.data.task import Task
 from finestep.eval.episodes import episode_metrics
 from finestep.models import build_tiny_model, load_model, load_tokenizer
+from finestep.models.loading import resolve_device
 from finestep.rewards import score_episodes
 from finestep.sql.executor import SqlSandbox
 from finestep.train.batch import build_token_batch, credit_rollout
@@ -32,6 +34,7 @@ from finestep.train.checkpoint import (
     capture_rng,
     latest_checkpoint,
     load_trainer_state,
+    remove_stale_temporaries,
     restore_rng,
     save_checkpoint,
 )
@@ -76,24 +79,32 @@ def credit_diagnostics(batch: StepBatch, advantages: StepAdvantages) -> dict[str
     return out
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class RLTrainer:
     """One training run; see the module docstring."""
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, resume: bool = False) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.device = _device(config.trainer.device)
+        # Everything that can be refused is checked before the first file is written.
+        self.device = resolve_device(config.trainer.device, "trainer.device")
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ValueError(f"{self.run_dir}: the run folder is a file")
         torch.manual_seed(config.trainer.seed)
         np.random.seed(config.trainer.seed)
         data = load_task_data(config.data)
         self.train_tasks, self.eval_tasks, self.gold_check = data.train, data.evaluation, data.gold_check
+        created = not self.run_dir.exists()
+        try:
+            self._set_up(resume)
+        except BaseException:
+            if created:  # leave no half-made run folder behind
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+
+    def _set_up(self, resume: bool) -> None:
+        config = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.run_dir)
         checkpoint = latest_checkpoint(self.run_dir) if resume else None
         if resume and checkpoint is None:
             raise FileNotFoundError(f"{self.run_dir}: no checkpoint to resume from (checkpoints/latest)")
