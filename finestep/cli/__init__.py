@@ -679,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--estimators", default="grpo,finestep", help="comma-separated names (default grpo,finestep)")
     bn.add_argument("--seeds", type=_positive_int, default=3, help="seeds per estimator (default 3)")
     bn.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (default runs/bench)")
-    bn.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "sqlworld-tiny.yaml",
+    bn.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[2] / "configs" / "sqlworld-tiny.yaml",
                     help="base RL config (default configs/sqlworld-tiny.yaml)")
     bn.add_argument("--model", type=Path, help="start every run from this checkpoint instead of SQLWorld's warm "
                     "start (e.g. with --config configs/spider-tiny.yaml model.init=pretrained)")
