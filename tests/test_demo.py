@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,18 @@ def test_piped_demo_prints_progress_lines(monkeypatch: pytest.MonkeyPatch) -> No
     text = log.getvalue()
     assert "] building the world" in text and "FineStep RL step 5/5" in text and "done FineStep RL" in text
     assert "EX % (held out)" in text  # the summary table still comes last
+
+
+def test_stage_reporter_prints_plain_lines_when_piped() -> None:
+    """`finestep bench` prepares its warm start through the same reporter: a piped run shows every stage."""
+    from rich.console import Console
+
+    from finestep.cli.sqlworld import stage_reporter
+
+    log = _FakeLog()
+    with stage_reporter(Console(file=log, force_terminal=False)) as say:
+        say("building the world", None)
+        say("SFT warm start, stage 1/2 (loss 2.000)", 0.5)
+    stages = [re.sub(r"\(\d+ s\)", "(N s)", line.split("] ", 1)[1]) for line in log.getvalue().splitlines()]
+    assert stages == ["building the world", "done building the world (N s)",
+                      "SFT warm start, stage 1/2 (loss 2.000) [50%]", "done SFT warm start, stage 1/2 (N s)"]  # fmt: skip

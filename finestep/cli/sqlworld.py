@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
@@ -56,6 +57,31 @@ class PlainProgress:
             self.stage = ""
 
 
+@contextmanager
+def stage_reporter(console: Console) -> Iterator[Callable[[str, float | None], None]]:
+    """A ``say(message, fraction)`` for long staged work: a live bar on a terminal, ``PlainProgress`` lines when
+    the output is piped or logged (where a live bar prints nothing)."""
+    if not console.is_terminal:
+        plain = PlainProgress(console.file)
+        yield plain
+        plain.close()
+        return
+    with _progress(console) as progress:
+        bar = progress.add_task("starting", total=1.0)
+        current = [""]
+
+        def say(message: str, fraction: float | None) -> None:
+            stage = _stage(message)
+            if stage != current[0]:
+                if current[0]:
+                    progress.console.print(f"[green]done[/green] {current[0]}")
+                current[0] = stage
+                progress.reset(bar, total=1.0)
+            progress.update(bar, description=message, completed=fraction if fraction is not None else 0.0)
+
+        yield say
+
+
 def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from rich.table import Table
 
@@ -63,25 +89,8 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
     demo = DemoConfig.quick() if args.quick else DemoConfig.full()
     console.print(f"SQLWorld demo{' (quick)' if args.quick else ''} into {args.out}/")
-    if console.is_terminal:
-        with _progress(console) as progress:
-            bar = progress.add_task("starting", total=1.0)
-            current = [""]
-
-            def say(message: str, fraction: float | None) -> None:
-                stage = _stage(message)
-                if stage != current[0]:
-                    if current[0]:
-                        progress.console.print(f"[green]done[/green] {current[0]}")
-                    current[0] = stage
-                    progress.reset(bar, total=1.0)
-                progress.update(bar, description=message, completed=fraction if fraction is not None else 0.0)
-
-            summary = run_demo(args.out, demo, say)
-    else:
-        plain = PlainProgress(console.file)
-        summary = run_demo(args.out, demo, plain)
-        plain.close()
+    with stage_reporter(console) as say:
+        summary = run_demo(args.out, demo, say)
     table = Table(title=f"SQLWorld, {summary['held_out_tasks']} held-out questions ({summary['wall_time_s']:.0f} s)")
     for column in ("metric", "after SFT", "after FineStep RL"):
         table.add_column(column, justify="left" if column == "metric" else "right")
@@ -103,8 +112,9 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
         expected = pipeline_paths(args.out)
         prompt = load_train_config(args.config, [f"data.path={expected['world']}", f"model.path={expected['sft']}",
                                                  *args.overrides]).rollout  # fmt: skip
-        with console.status("preparing the world and the warm start (shared by every run)..."):
-            paths = prepare(args.out, PipelineConfig(seed=args.world_seed), prompt, lambda m, f: None)
+        console.print("preparing the world and the warm start (shared by every run)")
+        with stage_reporter(console) as say:
+            paths = prepare(args.out, PipelineConfig(seed=args.world_seed), prompt, say)
         common = [f"data.path={paths['world']}", f"model.path={paths['sft']}", *common]
     else:
         common = [f"model.path={args.model}", *common]
