@@ -113,21 +113,28 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 
 def check_range(
-    owner: object, name: str, low: float | None = None, high: float | None = None, high_open: bool = False
+    owner: object,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    high_open: bool = False,
+    low_open: bool = False,
 ) -> None:
     """Raise ``ValueError("name: must be ... got v")`` unless ``low <= owner.name <= high`` (``< high`` when
-    ``high_open``); ``None`` values pass. Meant for ``__post_init__``: :func:`from_dict` adds the section."""
+    ``high_open``, ``low <`` when ``low_open``); NaN fails, ``None`` passes. Meant for ``__post_init__``:
+    :func:`from_dict` adds the section."""
     value = getattr(owner, name)
     if value is None:
         return
     too_high = high is not None and (value >= high if high_open else value > high)
-    if (low is not None and value < low) or too_high or (isinstance(value, float) and math.isnan(value)):
+    too_low = low is not None and (value <= low if low_open else value < low)
+    if too_low or too_high or (isinstance(value, float) and math.isnan(value)):
         if high is None:
-            wanted = f">= {low:g}"
+            wanted = f"{'>' if low_open else '>='} {low:g}"
         elif low is None:
             wanted = f"{'<' if high_open else '<='} {high:g}"
         else:
-            wanted = f"in [{low:g}, {high:g}{')' if high_open else ']'}"
+            wanted = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         raise ValueError(f"{name}: must be {wanted}, got {value!r}")
 
 

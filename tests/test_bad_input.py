@@ -94,6 +94,8 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
             ("trainer.tasks_per_step=0", "trainer.tasks_per_step: must be >= 1, got 0"),
             ("model.tiny.vocab_size=1", "model.tiny.vocab_size: must be >= 272, got 1"),
             ("optim.lr=.nan", "optim.lr: expected a finite number"),
+            ("optim.lr=0", "optim.lr: must be > 0, got 0.0"),
+            ("optim.grad_clip=0", "optim.grad_clip: must be > 0, got 0.0"),
             ("trainer.device=gpu", "trainer.device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
             ("rollout.top_p=0", "rollout.top_p: top_p must be in (0, 1], got 0.0"),
             ("rollout.temperature=-1", "rollout.temperature: temperature must be >= 0, got -1.0"),

@@ -134,13 +134,11 @@ class OptimConfig:
     kl_coef: float = option(0.0, help="> 0 keeps a frozen reference policy and adds the k3 KL term")
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"lr: must be > 0, got {self.lr!r}")
+        check_range(self, "lr", 0, low_open=True)
         for name, low in (("weight_decay", 0), ("warmup_steps", 0), ("epochs", 1), ("minibatch_size", 1),
                           ("eps_low", 0), ("eps_high", 0), ("kl_coef", 0)):  # fmt: skip
             check_range(self, name, low)
-        if not self.grad_clip > 0:
-            raise ValueError(f"grad_clip: must be > 0, got {self.grad_clip!r}")
+        check_range(self, "grad_clip", 0, low_open=True)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas: must be two numbers in [0, 1), got {list(self.betas)!r}")
 
