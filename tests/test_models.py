@@ -70,6 +70,23 @@ def test_tags_are_single_tokens_and_survive_decoding(tiny: Path) -> None:
     assert tokenizer.decode(tokenizer.encode("héllo 中文 ✓", add_special_tokens=False)) == "héllo 中文 ✓"
 
 
+@pytest.mark.parametrize("split_digits", [True, False])
+def test_numbers_read_the_same_in_a_question_and_in_sql(tmp_path: Path, split_digits: bool) -> None:
+    corpus = CORPUS + [f"How many players scored more than {n} goals?\nSELECT COUNT(*) FROM player WHERE goals > {n}"
+                       for n in (10, 25, 150, 500, 1950, 2048)] * 20  # fmt: skip
+    tokenizer = load_tokenizer(build_tiny_model(corpus, tmp_path / "m", vocab_size=512, split_digits=split_digits))
+
+    def pieces(text: str) -> list[str]:
+        return [tokenizer.decode([i]) for i in tokenizer.encode(text, add_special_tokens=False)]
+
+    question, sql = pieces("more than 1950 goals"), pieces("goals > 1950")
+    if split_digits:
+        assert question[-5:-1] == sql[-4:] == ["1", "9", "5", "0"]
+    else:  # GPT-2-style pieces: the corpus's frequent numbers merge into multi-digit tokens
+        assert any(len(piece.strip()) > 1 and piece.strip().isdigit() for piece in question + sql)
+    assert tokenizer.decode(tokenizer.encode("SELECT 12345 FROM t", add_special_tokens=False)) == "SELECT 12345 FROM t"
+
+
 def test_chat_template_is_chatml(tiny: Path) -> None:
     tokenizer = load_tokenizer(tiny)
     messages = [{"role": "system", "content": "You write SQL."}, {"role": "user", "content": "How many?"}]

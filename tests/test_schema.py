@@ -39,3 +39,10 @@ def test_schema_of_every_spider_database(spider: Path) -> None:
     for path in sorted((spider / "database").glob("*/*.sqlite")):
         text = schema_prompt(path, max_chars=8000)
         assert text.startswith("CREATE TABLE") and len(text) <= 8000, path
+
+
+def test_compact_schema_is_one_line_per_table_with_names_after_a_space(db: Path) -> None:
+    # "TABLE team(" puts the name after a space, as in "FROM team": a BPE tokenizer reads both the same.
+    assert schema_prompt(db, style="compact") == (
+        "TABLE team(id, name, city)\nTABLE player(id, name, team_id -> team.id, goals)\nTABLE numbers(n)"
+    )

@@ -111,7 +111,7 @@ def prepare(out: Path, config: PipelineConfig, prompt: RolloutConfig, progress: 
             _corpus(world.train + world.test, expert_lines, prompt), paths["init"],
             vocab_size=tiny.vocab_size, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
             num_heads=tiny.num_heads, num_kv_heads=tiny.num_kv_heads, intermediate_size=tiny.intermediate_size,
-            max_position_embeddings=tiny.max_position_embeddings, seed=config.seed,
+            max_position_embeddings=tiny.max_position_embeddings, split_digits=tiny.split_digits, seed=config.seed,
         )  # fmt: skip
     if not (paths["sft"] / "config.json").is_file():
         tokenizer = load_tokenizer(paths["init"])

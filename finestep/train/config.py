@@ -46,6 +46,7 @@ class TinyModelConfig:
     num_kv_heads: int = option(2, help="key/value heads (grouped-query attention)")
     intermediate_size: int = option(128, help="MLP width")
     max_position_embeddings: int = option(4096, help="longest sequence the model accepts")
+    split_digits: bool = option(True, help="one token per digit (as Qwen's tokenizers): numbers copy into SQL")
 
     def __post_init__(self) -> None:
         check_range(self, "vocab_size", 256 + 16)  # a byte-level BPE starts from the 256 bytes and the specials

@@ -143,7 +143,8 @@ class RLTrainer:
                 model_corpus(self.train_tasks + self.eval_tasks, self.config.rollout.schema_sample_values), source,
                 vocab_size=tiny.vocab_size, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
                 num_heads=tiny.num_heads, num_kv_heads=tiny.num_kv_heads, intermediate_size=tiny.intermediate_size,
-                max_position_embeddings=tiny.max_position_embeddings, seed=self.config.trainer.seed,
+                max_position_embeddings=tiny.max_position_embeddings, split_digits=tiny.split_digits,
+                seed=self.config.trainer.seed,
             )  # fmt: skip
         return source
 
