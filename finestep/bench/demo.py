@@ -135,8 +135,8 @@ def _report(summary: dict[str, Any], out: Path) -> str:
         f"A tiny Qwen3-style model trained from scratch: tokenizer and weights built from the world, warm-started on "
         f"scripted expert trajectories (with redundant probes, failed queries and skipped probes), then trained with "
         f"FineStep RL for {summary['rl_steps']} steps ({config['trainer']['tasks_per_step']} tasks x "
-        f"{config['rollout']['group_size']} samples per step at temperature {config['rollout']['temperature']}). Evaluated greedily on {summary['held_out_tasks']} "
-        f"held-out questions: new questions on the training databases, never trained on (neither by SFT nor by RL). "
+        f"{config['rollout']['group_size']} samples per step at temperature {config['rollout']['temperature']}). "
+        f"Evaluated greedily on {summary['held_out_tasks']} held-out questions: new questions on the training databases, never trained on (neither by SFT nor by RL). "
         f"Wall time: {summary['wall_time_s']:.0f} s.\n\n"
         + markdown_table(summary_rows(summary), [("metric", "metric"), ("before", "after SFT"), ("after", "after RL")])
         + "\n## Training curves\n\n![training curves](training_curves.png)\n\n"

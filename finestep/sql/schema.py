@@ -125,7 +125,8 @@ def _format_table(table: Table, with_samples: bool) -> str:
 def _format_compact(table: Table) -> str:
     references = {column: f"{ref}.{ref_col}" for column, ref, ref_col in table.foreign_keys}
     columns = [f"{c.name} -> {references[c.name]}" if c.name in references else c.name for c in table.columns]
-    # "TABLE name": the name follows a space, so a BPE tokenizer reads it as in "FROM name" (a tiny model copies it)
+    # "TABLE name": the name follows a space, so a BPE tokenizer reads it as in "FROM name" (a tiny model
+    # copies it; at the start of a line it was other tokens)
     return f"TABLE {table.name}({', '.join(columns)})"
 
 
@@ -139,8 +140,8 @@ def schema_prompt(
     """The schema of ``db_path`` as text for a prompt, at most ``max_chars`` characters.
 
     ``style="create"``: CREATE TABLE statements (with sample values unless ``sample_values=0``);
-    ``style="compact"``: one line per table, ``TABLE titles(id, title, writer_id -> writers.id)``, no values (for small
-    models, where every prompt token costs).
+    ``style="compact"``: one line per table, ``TABLE titles(id, title, writer_id -> writers.id)``, no values
+    (for small models, where every prompt token costs).
     """
     if style == "compact":
         return "\n".join(_format_compact(t) for t in read_schema(db_path, sample_values=0))[:max_chars]
