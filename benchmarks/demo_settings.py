@@ -3,8 +3,8 @@
 Builds (or reuses) the demo's world, tiny model and SFT warm start under ``--out`` with the pipeline fields of
 ``--pipeline`` changed, evaluates it greedily on the first 96 `valid` questions and on 96 training questions, then
 runs each RL arm (a name and its config overrides) from it and evaluates the result on the same `valid` questions.
-Held-out questions are never touched. Writes ``OUT/settings.json`` (atomically, after every arm) and prints a line
-per result.
+Held-out questions are never touched. Shows the preparation's stages (a bar, or lines when piped), writes
+``OUT/settings.json`` (atomically, after every arm) and prints a line per result.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/demo_settings.py --out runs/demo-settings \\
         --pipeline '{"tiny": {"split_digits": true}}' \\
@@ -47,9 +47,12 @@ def main() -> None:
     parser.add_argument("--n-valid", type=int, default=96, help="valid questions evaluated (default 96)")
     args = parser.parse_args()
 
+    from rich.console import Console
+
     from finestep.atomic import atomic_write_json
     from finestep.bench.demo import CONFIG
     from finestep.bench.pipeline import evaluate_model, pipeline_paths, prepare, rl_config, run_rl
+    from finestep.cli.sqlworld import stage_reporter
     from finestep.data.sqlworld import load_world
 
     spec, arms = json.loads(args.pipeline), json.loads(args.arms)
@@ -57,7 +60,8 @@ def main() -> None:
     expected = pipeline_paths(args.out)
     on_valid = [f"data.max_eval_tasks={args.n_valid}", "data.eval_split=valid"]
     base = rl_config(CONFIG, expected["world"], expected["sft"], on_valid)
-    paths = prepare(args.out, pipeline_with(spec), base.rollout)
+    with stage_reporter(Console(stderr=True)) as say:  # a live bar, or plain lines when piped
+        paths = prepare(args.out, pipeline_with(spec), base.rollout, say)
     world = load_world(paths["world"])
     valid = world.split("valid")[: args.n_valid]
     if not valid:
