@@ -130,8 +130,18 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
                 f"redundant {final.get('redundant_rate', 0):.3f}  errors {final.get('error_rate', 0):.3f}  "
                 f"{run['wall_time']:.0f} s", highlight=False)
 
+        max_steps = load_train_config(args.config, common).trainer.max_steps
+        tenth = max(1, max_steps // 10)
+        printed: dict[tuple[str, int], int] = {}
+
         def stepped(name: str, seed: int, metrics: dict) -> None:
-            progress.update(bar, description=f"{name} seed {seed} step {int(metrics['step'])}")
+            step = int(metrics["step"])
+            progress.update(bar, description=f"{name} seed {seed} step {step}/{max_steps}")
+            if not console.is_terminal and step // tenth > printed.get((name, seed), 0) // tenth:
+                printed[(name, seed)] = step  # piped: a line per run each tenth of its steps (no live bar)
+                progress.console.print(
+                    f"{name:28s} seed {seed}: step {step}/{max_steps}  EX of samples {metrics.get('ex', 0):5.1f}  "
+                    f"tool calls {metrics.get('tool_calls', 0):.2f}", highlight=False)
 
         secondary = None if args.secondary == "none" else args.secondary
         run_bench(args.config, args.out, estimators, args.seeds, common, finished, stepped, jobs=args.jobs,
