@@ -148,9 +148,10 @@ def run_bench(
     overrides apply to every run (model, data, budget).
 
     ``jobs`` > 1 runs that many runs at once in separate processes (one thread each); ``on_step`` then sees
-    each run's latest step every ``poll_s`` seconds, read from its ``metrics.jsonl``. For a SQLWorld bench the warm start is evaluated too (``warm_start`` in the results), and
-    ``secondary`` names a second split every final model (and the warm start) is also evaluated on. A run whose
-    ``run.json`` exists is reused, so an interrupted bench resumes.
+    each run's latest step every ``poll_s`` seconds, read from its ``metrics.jsonl``. For a SQLWorld bench the
+    warm start is evaluated too (``warm_start`` in the results), and ``secondary`` names a second split every
+    final model (and the warm start) is also evaluated on. A run whose ``run.json`` exists is reused, so an
+    interrupted bench resumes.
     """
     results: dict[str, Any] = {"estimators": {}, "base_config": str(base_config), "common_overrides": common}
     probe = _load_config(base_config, common, "grpo", 0)
@@ -191,8 +192,9 @@ def run_bench(
                 done, pending = wait(pending, timeout=poll_s, return_when=FIRST_COMPLETED)
                 for future in done:
                     collect(futures[future], future.result())
-                running = [futures[future] for future in pending if futures[future][0] == "run"]
-                for job in running if on_step is not None else []:
+                if on_step is None:
+                    continue
+                for job in (futures[future] for future in pending if futures[future][0] == "run"):
                     latest = latest_step(job[5])
                     if latest is not None and latest["step"] != seen.get((job[3], job[4])):
                         seen[(job[3], job[4])] = latest["step"]
