@@ -7,7 +7,7 @@ import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -113,23 +113,6 @@ def _in_worker(job: tuple[Any, ...]) -> dict[str, Any]:
     return _execute(job)
 
 
-def latest_step(run_dir: Path) -> dict[str, Any] | None:
-    """The last ``train`` line of a run's ``metrics.jsonl`` (written by another process), or None before its
-    first step. A line still being written is skipped."""
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return None
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("kind") == "train":
-            return record
-    return None
-
-
 def run_bench(
     base_config: Path,
     out: Path,
@@ -141,17 +124,15 @@ def run_bench(
     jobs: int = 1,
     secondary: str | None = None,
     world_seed: int | None = None,
-    poll_s: float = 5.0,
 ) -> dict[str, Any]:
     """Run every estimator with ``seeds`` seeds from the same start and budget; write results.json, a markdown
     table, the learning curves and the training diagnostics (``diagnostics.png``) under ``out``. ``common``
     overrides apply to every run (model, data, budget).
 
-    ``jobs`` > 1 runs that many runs at once in separate processes (one thread each); ``on_step`` then sees
-    each run's latest step every ``poll_s`` seconds, read from its ``metrics.jsonl``. For a SQLWorld bench the
-    warm start is evaluated too (``warm_start`` in the results), and ``secondary`` names a second split every
-    final model (and the warm start) is also evaluated on. A run whose ``run.json`` exists is reused, so an
-    interrupted bench resumes.
+    ``jobs`` > 1 runs that many runs at once in separate processes (one thread each; ``on_step`` is then not
+    called). For a SQLWorld bench the warm start is evaluated too (``warm_start`` in the results), and
+    ``secondary`` names a second split every final model (and the warm start) is also evaluated on. A run whose
+    ``run.json`` exists is reused, so an interrupted bench resumes.
     """
     results: dict[str, Any] = {"estimators": {}, "base_config": str(base_config), "common_overrides": common}
     probe = _load_config(base_config, common, "grpo", 0)
@@ -187,18 +168,8 @@ def run_bench(
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
             futures = {pool.submit(_in_worker, job): job for job in jobs_list}
-            pending, seen = set(futures), {}
-            while pending:
-                done, pending = wait(pending, timeout=poll_s, return_when=FIRST_COMPLETED)
-                for future in done:
-                    collect(futures[future], future.result())
-                if on_step is None:
-                    continue
-                for job in (futures[future] for future in pending if futures[future][0] == "run"):
-                    latest = latest_step(job[5])
-                    if latest is not None and latest["step"] != seen.get((job[3], job[4])):
-                        seen[(job[3], job[4])] = latest["step"]
-                        on_step(job[3], job[4], latest)
+            for future in as_completed(futures):
+                collect(futures[future], future.result())
     curves = {name: [finished[(name, seed)]["curve"] for seed in range(seeds)] for name in estimators}
     plot_curves(curves, out / "learning_curves.png")
     plot_diagnostics(curves, out / "diagnostics.png")
