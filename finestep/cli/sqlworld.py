@@ -132,13 +132,11 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
 
         max_steps = load_train_config(args.config, common).trainer.max_steps
         tenth = max(1, max_steps // 10)
-        printed: dict[tuple[str, int], int] = {}
 
         def stepped(name: str, seed: int, metrics: dict) -> None:
             step = int(metrics["step"])
             progress.update(bar, description=f"{name} seed {seed} step {step}/{max_steps}")
-            if not console.is_terminal and step // tenth > printed.get((name, seed), 0) // tenth:
-                printed[(name, seed)] = step  # piped: a line per run each tenth of its steps (no live bar)
+            if not console.is_terminal and step % tenth == 0:  # piped: a line each tenth of a run (no live bar)
                 progress.console.print(
                     f"{name:28s} seed {seed}: step {step}/{max_steps}  EX of samples {metrics.get('ex', 0):5.1f}  "
                     f"tool calls {metrics.get('tool_calls', 0):.2f}", highlight=False)
