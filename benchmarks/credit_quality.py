@@ -48,7 +48,7 @@ from finestep.data.task import Task
 from finestep.eval.credit_quality import bad_positive_share, pairwise_auc
 from finestep.rewards import RewardConfig, score_episodes
 from finestep.sql.compare import results_match
-from finestep.sql.executor import SqlSandbox
+from finestep.sql.executor import SqlSandbox, shared_sandbox
 from finestep.train.batch import credit_rollout
 from finestep.train.config import load_train_config
 
@@ -84,7 +84,7 @@ def expert_rollout(
     for task in tasks:
         for k in range(group_size):
             rng = random.Random(f"expert:{seed}:{task.id}:{k}")
-            line = expert_trajectory(task, world.meta[task.id], expert, rng, f"expert-{k}")
+            line = expert_trajectory(task, world.meta[task.id], expert, rng, f"expert-{k}", sandbox)
             steps = []
             for entry in line["steps"]:
                 action = protocol.parse_action(entry["text"])
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         pool = world.split("train")
         tasks = sorted(random.Random(f"credit-quality:{args.seed}").sample(pool, min(args.tasks, len(pool))),
                        key=lambda t: t.index)  # fmt: skip
-        sandbox = SqlSandbox()
+        sandbox = shared_sandbox()
         variants = credit_variants()
         expert = ExpertConfig(seed=args.seed, max_steps=rollout_config.max_turns, protocol=rollout_config.protocol)
         sampled = {"expert": expert_rollout(world, tasks, args.group_size, args.seed, sandbox, expert)}

@@ -18,7 +18,7 @@ from finestep.data.sqlworld.expert import ExpertConfig, expert_plan
 from finestep.data.sqlworld.world import TaskMeta, World
 from finestep.data.task import Task
 from finestep.env import SqlEnv
-from finestep.sql.executor import SqlSandbox
+from finestep.sql.executor import SqlSandbox, shared_sandbox
 
 __all__ = ["expert_dataset", "expert_trajectory"]
 
@@ -80,7 +80,7 @@ def expert_dataset(
     and the sample, so a subset of tasks gets the same trajectories as in the whole set.
     """
     seed = config.seed if seed is None else seed
-    sandbox = SqlSandbox()
+    sandbox = shared_sandbox()
     lines = []
     for task in world.split(split):
         for k in range(n_per_task):

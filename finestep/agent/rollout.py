@@ -21,7 +21,7 @@ from finestep.agent.trajectory import Trajectory
 from finestep.config import option
 from finestep.data.task import Task
 from finestep.env import Environment, cached_schema, make_environment
-from finestep.sql.executor import SqlSandbox
+from finestep.sql.executor import SqlSandbox, shared_sandbox
 
 __all__ = ["RolloutConfig", "RolloutTimes", "cached_schema", "make_env", "prompt_ids", "rollout"]
 
@@ -80,9 +80,10 @@ def make_env(
 def prompt_ids(
     question: str, evidence: str, db_path: Any, tokenizer: Any, protocol: Protocol, config: RolloutConfig
 ) -> list[int]:
-    """The prompt's token ids for a question on a database, as the environment builds them."""
+    """The prompt's token ids for a question on a database, as the environment builds them (no query runs: the
+    schema text is read in this process, and the process's shared sandbox starts no worker for it)."""
     task = Task(id="", index=0, question=question, db_id="", db_path=db_path, gold_sql="", evidence=evidence)
-    return encode_prompt(tokenizer, make_env(config, protocol, SqlSandbox(), tokenizer).prompt(task))
+    return encode_prompt(tokenizer, make_env(config, protocol, shared_sandbox(), tokenizer).prompt(task))
 
 
 def rollout(

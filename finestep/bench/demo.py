@@ -25,7 +25,7 @@ from finestep.config import to_dict
 from finestep.data.sqlworld import load_world
 from finestep.models import load_model, load_tokenizer
 from finestep.rewards import score_episodes
-from finestep.sql.executor import SqlSandbox
+from finestep.sql.executor import shared_sandbox
 from finestep.train.batch import credit_rollout
 from finestep.train.config import TinyModelConfig, TrainConfig
 from finestep.train.sft import SFTConfig
@@ -72,7 +72,7 @@ class DemoConfig:
 def _viewer(model_dir: Path, tasks: list, config: TrainConfig, path: Path) -> None:
     """G sampled episodes per task from the trained policy, credited with FineStep, as HTML."""
     model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
-    sandbox = SqlSandbox()
+    sandbox = shared_sandbox()
     trajectories = rollout(tasks, get_generator("hf", model=model, tokenizer=tokenizer),
                            get_protocol(config.rollout.protocol), sandbox, config.rollout,
                            torch.Generator().manual_seed(0))  # fmt: skip

@@ -29,7 +29,7 @@ from finestep.env import SqlEnv
 from finestep.eval.episodes import episode_metrics
 from finestep.models import build_tiny_model, load_model, load_tokenizer
 from finestep.rewards import RewardConfig, score_episodes
-from finestep.sql.executor import SqlSandbox, execute
+from finestep.sql.executor import execute, shared_sandbox
 from finestep.train.config import TinyModelConfig, TrainConfig, load_train_config
 from finestep.train.rl import RLTrainer
 from finestep.train.sft import SFTConfig, build_sft_examples, load_sft_records, train_sft
@@ -118,7 +118,7 @@ def prepare(out: Path, config: PipelineConfig, prompt: RolloutConfig, progress: 
         tokenizer = load_tokenizer(paths["init"])
         model = load_model(paths["init"])
         examples = build_sft_examples(load_sft_records(paths["expert"]), tokenizer, get_protocol(prompt.protocol),
-                                      prompt, SqlSandbox())  # fmt: skip
+                                      prompt, shared_sandbox())  # fmt: skip
         stages = [config.sft] + ([config.sft_continue] if config.sft_continue is not None else [])
         for n, stage in enumerate(stages, 1):
             train_sft(model, examples, stage, int(tokenizer.pad_token_id), torch.device("cpu"),
@@ -142,7 +142,7 @@ def evaluate_model(model_dir: Path, tasks: list[Task], rollout_config: RolloutCo
     model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
     generator = get_generator("hf", model=model, tokenizer=tokenizer)
     config = RolloutConfig(**{**to_dict(rollout_config), "group_size": 1, "temperature": 0.0})
-    sandbox = SqlSandbox()
+    sandbox = shared_sandbox()
     trajectories = rollout(tasks, generator, get_protocol(config.protocol), sandbox, config)
     return episode_metrics(trajectories, score_episodes(trajectories, sandbox, RewardConfig())), trajectories
 

@@ -87,7 +87,7 @@ def _cmd_sft(args: argparse.Namespace, console: Console) -> int:
     from finestep.agent.protocol import get_protocol
     from finestep.models import load_model, load_tokenizer
     from finestep.models.loading import resolve_device
-    from finestep.sql.executor import SqlSandbox
+    from finestep.sql.executor import shared_sandbox
     from finestep.train.sft import SFTConfig, build_sft_examples, load_sft_records, train_sft
 
     device = resolve_device(args.device)
@@ -100,7 +100,7 @@ def _cmd_sft(args: argparse.Namespace, console: Console) -> int:
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, device=device)
     records = load_sft_records(args.data, args.db_root)
-    examples = build_sft_examples(records, tokenizer, get_protocol(args.protocol), prompt, SqlSandbox())
+    examples = build_sft_examples(records, tokenizer, get_protocol(args.protocol), prompt, shared_sandbox())
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with _progress(console) as progress:
         bar = progress.add_task("SFT", total=None)

@@ -27,7 +27,7 @@ from finestep.agent.protocol import (
 from finestep.agent.trajectory import END_BUDGET, END_EOS, END_MAX_TURNS, END_SOLUTION, Step, Trajectory
 from finestep.data.task import Task
 from finestep.env.base import Environment, EnvStep, register_environment
-from finestep.sql.executor import ExecutionResult, SqlSandbox
+from finestep.sql.executor import ExecutionResult, SqlSandbox, shared_sandbox
 from finestep.sql.schema import schema_prompt
 
 __all__ = ["DEFAULT_FORMAT", "SqlEnv", "cached_schema"]
@@ -47,7 +47,7 @@ class SqlEnv(Environment):
 
     Args:
         protocol: ``tags`` or ``json`` (a name or a ``Protocol``).
-        sandbox: executes the SQL (shared between episodes: its result cache is shared too).
+        sandbox: executes the SQL; default: the process's :func:`shared_sandbox` (episodes share its workers and cache).
         tokenizer: encodes prompts, turns given as text, and observations; ``None``: text only.
         max_turns: assistant turns at most.
         max_total_tokens: generated plus observation tokens at most (the budget; ``None``: none).
@@ -73,7 +73,7 @@ class SqlEnv(Environment):
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         self.protocol = get_protocol(protocol)
-        self.sandbox = sandbox if sandbox is not None else SqlSandbox()
+        self.sandbox = sandbox if sandbox is not None else shared_sandbox()
         self.tokenizer = tokenizer
         self.max_turns = max_turns
         self.max_total_tokens = max_total_tokens

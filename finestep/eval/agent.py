@@ -19,7 +19,7 @@ from finestep.eval.execution import EvalReport, score_predictions
 from finestep.eval.predictions import BIRD_SEPARATOR
 from finestep.eval.voting import majority_vote, mean_pass_at_k, pass_at_k_levels
 from finestep.rewards import RewardConfig, score_episodes
-from finestep.sql.executor import SqlSandbox
+from finestep.sql.executor import SqlSandbox, shared_sandbox
 
 __all__ = ["SampledEval", "ask", "predictions_text", "run_agent_eval", "run_sampled_eval"]
 
@@ -74,7 +74,7 @@ def run_agent_eval(
     Returns the execution-accuracy report (official semantics) and the efficiency metrics.
     """
     benchmark = _first_available(benchmark, limit)
-    sandbox = SqlSandbox()
+    sandbox = shared_sandbox()
     trajectories = _rollout_all(benchmark.available, generator, protocol, sandbox, config, batch_tasks, on_progress)
     sql = {t.task.index: (t.solution.action.sql or "") for t in trajectories if t.solution is not None}
     predictions = [sql.get(t.index, "") for t in benchmark.tasks]
@@ -133,7 +133,7 @@ def run_sampled_eval(
     """
     benchmark = _first_available(benchmark, limit)
     k = config.group_size
-    sandbox = SqlSandbox()
+    sandbox = shared_sandbox()
     trajectories = _rollout_all(benchmark.available, generator, protocol, sandbox, config, batch_tasks, on_progress)
     answers: dict[int, list[str | None]] = {}
     for trajectory in trajectories:  # task by task, sample by sample
@@ -182,4 +182,4 @@ def ask(
     """Answer one question greedily on one database; ``on_turn`` sees each step as it happens."""
     task = Task(id="ask", index=0, question=question, db_id=db_path.stem, db_path=db_path, gold_sql="",
                 evidence=evidence)  # fmt: skip
-    return rollout([task], generator, protocol, SqlSandbox(), config, on_turn=on_turn)[0]
+    return rollout([task], generator, protocol, shared_sandbox(), config, on_turn=on_turn)[0]

@@ -16,7 +16,7 @@ from finestep.config import apply_overrides
 from finestep.credit import CreditConfig, compute_advantages
 from finestep.rewards import RewardConfig, score_record, step_batch
 from finestep.rewards.records import read_trajectories
-from finestep.sql.executor import SqlSandbox
+from finestep.sql.executor import shared_sandbox
 
 __all__ = ["InspectConfig", "inspect_credit", "print_credit_tables", "resolve_overrides"]
 
@@ -54,7 +54,7 @@ def inspect_credit(
     per step. Relative ``db_path`` values are resolved against ``db_root`` (default: the file's folder).
     """
     config = apply_overrides(InspectConfig(), resolve_overrides([f"estimator={estimator}", *overrides]))
-    sandbox = SqlSandbox()
+    sandbox = shared_sandbox()
     records = read_trajectories(path, db_root)
     scored = [score_record(record, sandbox, config.rewards) for record in records]
     result = compute_advantages(step_batch(scored), config.credit)

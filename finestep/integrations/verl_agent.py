@@ -37,12 +37,11 @@ from finestep.agent.trajectory import END_BUDGET
 from finestep.eval.episodes import episode_metrics
 from finestep.integrations.verl_layout import configs_from_verl
 from finestep.integrations.verl_sql import SqlEpisode, task_from_extra_info
-from finestep.sql.executor import SandboxLimits, SqlSandbox
+from finestep.sql.executor import SandboxLimits, shared_sandbox
 
 __all__ = ["FineStepAgentLoopOutput", "FineStepSqlAgentLoop", "stop_params"]
 
 logger = logging.getLogger(__name__)
-_SANDBOXES: dict[float, SqlSandbox] = {}  # one per worker process and time limit: its result cache is shared
 
 
 class FineStepAgentLoopOutput(AgentLoopOutput):
@@ -92,7 +91,7 @@ class FineStepSqlAgentLoop(AgentLoopBase):
         )
         settings = configs_from_verl(self.config.algorithm)
         self.rewards, self.reader = settings.rewards, settings.reader
-        self.sandbox = _SANDBOXES.setdefault(sql_timeout_s, SqlSandbox(SandboxLimits(timeout_s=sql_timeout_s)))
+        self.sandbox = shared_sandbox(SandboxLimits(timeout_s=sql_timeout_s))  # one per process and limit
         self.stop = stop_params(str(self.rollout_config.get("name", "vllm")), self.protocol.stop_strings)
 
 

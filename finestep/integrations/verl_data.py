@@ -23,7 +23,7 @@ from typing import Any
 from finestep.agent.protocol import PROTOCOLS, build_messages
 from finestep.data import load_bird, load_spider
 from finestep.data.task import Task
-from finestep.sql.executor import SqlSandbox
+from finestep.sql.executor import shared_sandbox
 from finestep.sql.schema import schema_prompt
 
 __all__ = ["build_rows", "main"]
@@ -45,7 +45,7 @@ def build_rows(
     available = [t for t in tasks if t.available]
     skipped = {"missing_database": len(tasks) - len(available), "gold_fails": 0, "gold_empty": 0}
     if check_gold:
-        results = SqlSandbox().execute_many([(t.db_path, t.gold_sql) for t in available], workers=workers)
+        results = shared_sandbox().execute_many([(t.db_path, t.gold_sql) for t in available], workers=workers)
         skipped["gold_fails"] = sum(not r.ok for r in results)
         if drop_empty_gold:
             skipped["gold_empty"] = sum(r.ok and not r.rows for r in results)

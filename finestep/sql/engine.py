@@ -23,10 +23,10 @@ import os
 import re
 import sqlite3
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote as _quote_path  # POSIX's pathname2url, without urllib.request's imports
 
 __all__ = [
     "SQL_TOKENS",
@@ -208,7 +208,7 @@ def file_version(db_path: str | os.PathLike[str]) -> tuple[Any, ...] | None:
 
 
 def _readonly_uri(db_path: str | os.PathLike[str]) -> str:
-    uri = "file:" + urllib.request.pathname2url(os.path.abspath(db_path)) + "?mode=ro"
+    uri = "file:" + _quote_path(os.path.abspath(db_path)) + "?mode=ro"
     # A plain read-only open of a WAL database creates -wal and -shm files beside it and leaves them; when no
     # writer has them open, the file alone is the whole database and can be read as immutable instead.
     return uri + "&immutable=1" if _is_quiet_wal(db_path) else uri

@@ -9,7 +9,6 @@ keeps a bounded cache of results. docs/sandbox.md lists the promises and how eac
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
 import sys
@@ -17,9 +16,8 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 from finestep.sql.engine import (
     ErrorKind,
@@ -31,21 +29,23 @@ from finestep.sql.engine import (
     open_readonly,
     strip_sql,
 )
-from finestep.sql.workers import WorkerPool, hard_deadline_s, isolation_available
+from finestep.sql.workers import WorkerPool, WorkerStartError, hard_deadline_s, worker_starts
 
 __all__ = [
     "ErrorKind",
     "ExecutionResult",
     "SandboxLimits",
     "SqlSandbox",
+    "WorkerStartError",
     "default_workers",
     "execute",
     "execute_on",
     "hard_deadline_s",
     "normalize_sql",
     "open_readonly",
-    "parallel_map",
+    "shared_sandbox",
     "strip_sql",
+    "worker_starts",
 ]
 
 
@@ -129,46 +129,7 @@ class _ResultCache:
         return self._bytes
 
 
-# --- process pool for other work ---------------------------------------------------------------------------
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    # fork is unsafe once threads exist (progress bars, torch); forkserver keeps worker start-up cheap.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-
-
-def parallel_map(
-    fn: Callable[[T], R],
-    items: Sequence[T],
-    workers: int,
-    on_result: Callable[[int], None] | None = None,
-    chunksize: int | None = None,
-) -> list[R]:
-    """``[fn(x) for x in items]`` over a process pool, results in input order.
-
-    ``fn`` must be a picklable module-level function. ``on_result(n_done)`` is called after each chunk arrives
-    (for progress bars). ``workers <= 1`` or a single item runs in this process. Not for untrusted SQL: a
-    pool task cannot be stopped (use :class:`SqlSandbox`).
-    """
-    if workers <= 1 or len(items) <= 1:
-        results = []
-        for i, item in enumerate(items):
-            results.append(fn(item))
-            if on_result is not None:
-                on_result(i + 1)
-        return results
-    chunksize = chunksize or max(1, min(32, len(items) // (workers * 8)))
-    results = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-        for result in pool.map(fn, items, chunksize=chunksize):
-            results.append(result)
-            if on_result is not None:
-                on_result(len(results))
-    return results
+# --- the sandbox -------------------------------------------------------------------------------------------
 
 
 def default_workers() -> int:
@@ -178,8 +139,6 @@ def default_workers() -> int:
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
 
-
-# --- the sandbox -------------------------------------------------------------------------------------------
 
 _RUN_LENGTH = 16  # queries on one database handed to a worker at once (it keeps the connection open)
 
@@ -204,9 +163,10 @@ class SqlSandbox:
     the SQL exactly as SQLite reads it (:func:`strip_sql`). Timeouts and other answers that depend on the
     machine's load are never cached.
 
-    ``isolated=False`` (or a daemonic process, which may not start children) runs queries in this process:
-    the deadline is then checked only between SQLite instructions and memory is not bounded.
-    Call :meth:`close` (or let the sandbox be garbage-collected) to stop its worker processes.
+    ``isolated=False`` runs queries in this process: the deadline is then checked only between SQLite
+    instructions and memory is not bounded. Call :meth:`close` (or let the sandbox be garbage-collected) to stop
+    its worker processes. Library code uses :func:`shared_sandbox`, one per process and limits, so that a
+    process's episodes share one cache and one set of workers.
     """
 
     def __init__(
@@ -218,7 +178,7 @@ class SqlSandbox:
     ) -> None:
         self.limits = limits or SandboxLimits()
         self.cache = _ResultCache(cache_entries, cache_bytes)
-        self.isolated = isolated and isolation_available()
+        self.isolated = isolated
         self.pool = WorkerPool(self.limits, max_idle=default_workers()) if self.isolated else None
         if self.pool is not None:
             weakref.finalize(self, self.pool.close)
@@ -305,3 +265,25 @@ class SqlSandbox:
             if keys[i] is not None:
                 self.cache.put(keys[i], result)
         return results  # type: ignore[return-value]
+
+
+_shared: dict[SandboxLimits, SqlSandbox] = {}
+_shared_owner = os.getpid()
+_shared_lock = threading.Lock()
+
+
+def shared_sandbox(limits: SandboxLimits | None = None) -> SqlSandbox:
+    """This process's sandbox for ``limits`` (default :class:`SandboxLimits`): created on first use, then the
+    same object every time, so rollouts, the expert, evaluation and scoring share its workers and its cache
+    (one worker start per process and limit setting while queries run one at a time). A forked child gets
+    sandboxes of its own. Creating it starts no worker; the first query does."""
+    global _shared_owner
+    limits = limits if limits is not None else SandboxLimits()
+    with _shared_lock:
+        if _shared_owner != os.getpid():
+            _shared.clear()
+            _shared_owner = os.getpid()
+        sandbox = _shared.get(limits)
+        if sandbox is None:
+            sandbox = _shared[limits] = SqlSandbox(limits)
+        return sandbox

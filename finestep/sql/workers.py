@@ -5,6 +5,9 @@ SQLite checks its deadline between virtual-machine instructions, and one built-i
 values can fill memory between two checks. So queries run in worker processes that the calling process
 supervises:
 
+- a worker is a fresh interpreter that imports only :mod:`finestep.sql.worker_process` and the engine (never
+  the caller's ``__main__``: a script that imports torch does not pay for it again per worker), in a session of
+  its own, so a terminal's Ctrl-C reaches the caller only;
 - each worker sets SQLite's process-wide heap limit to ``limits.max_memory_bytes`` and its own address-space
   limit (``RLIMIT_AS``) to that plus room for the largest result the caps allow; past either, the query fails
   as ``too_large`` and the worker carries on;
@@ -12,45 +15,61 @@ supervises:
   worker that overruns is killed (``SIGKILL``), its query answered ``timeout``, and a fresh worker takes the
   rest of its work;
 - workers ignore Ctrl-C: the caller gets ``KeyboardInterrupt``, kills every worker and re-raises it;
+- a worker that dies or hangs before it is ready is a failed start: its work goes to the next one, and
+  ``MAX_START_FAILURES`` failed starts in a row raise :class:`WorkerStartError`, naming the cause;
 - work is handed out in runs of queries on one database (a worker keeps a few connections open), and an idle
   worker takes the not-yet-started half of a busy worker's run, so slow queries spread over all workers.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import logging
 import os
 import signal
-import sqlite3
+import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
-from finestep.sql.engine import (
-    ErrorKind,
-    ExecutionResult,
-    SandboxLimits,
-    execute_on,
-    file_version,
-    open_readonly,
-    run_query,
-)
+from finestep.sql.engine import ErrorKind, ExecutionResult, SandboxLimits
+from finestep.sql.worker_process import address_space_bytes
 
-__all__ = ["HARD_DEADLINE_FACTOR", "HARD_DEADLINE_SLACK_S", "WorkerPool", "hard_deadline_s", "isolation_available"]
+__all__ = [
+    "HARD_DEADLINE_FACTOR",
+    "HARD_DEADLINE_SLACK_S",
+    "MAX_START_FAILURES",
+    "WorkerPool",
+    "WorkerStartError",
+    "address_space_bytes",
+    "hard_deadline_s",
+    "worker_starts",
+]
 
 HARD_DEADLINE_FACTOR = 1.25
 HARD_DEADLINE_SLACK_S = 0.05
-STARTUP_TIMEOUT_S = 60.0  # a worker that has not started by then is replaced (a loaded machine can be slow)
-_OPEN_CONNECTIONS = 8  # per worker, most recently used databases
-_FLUSH_S = 0.001
-_ROW_OVERHEAD_BYTES = 200  # Python objects per fetched row beyond the counted value bytes (tuple, ints, floats)
+STARTUP_TIMEOUT_S = 30.0  # a worker that has not said ready by then failed to start (a loaded machine is slow)
+MAX_START_FAILURES = 3  # failed starts in a row before the pool gives up with WorkerStartError
+# The worker's code: the interpreter's own directory first on sys.path (not the caller's working directory).
+_WORKER_CODE = "import sys; del sys.path[0]; from finestep.sql.worker_process import serve; serve()"
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds finestep/, for PYTHONPATH
+_log = logging.getLogger(__name__)
 
 Job = tuple[str, Sequence[str]]  # (database path, queries run one after the other on it)
+
+_starts = 0  # worker processes this process has started (see worker_starts)
+_starts_lock = threading.Lock()
+
+
+class WorkerStartError(RuntimeError):
+    """The sandbox could not start a worker process ``MAX_START_FAILURES`` times in a row."""
 
 
 def hard_deadline_s(limits: SandboxLimits) -> float:
@@ -58,183 +77,74 @@ def hard_deadline_s(limits: SandboxLimits) -> float:
     return limits.timeout_s * HARD_DEADLINE_FACTOR + HARD_DEADLINE_SLACK_S
 
 
-def isolation_available() -> bool:
-    """False inside a daemonic process (a ``multiprocessing.Pool`` worker), which may not start children."""
-    return not multiprocessing.current_process().daemon
+def worker_starts() -> int:
+    """Sandbox worker processes started by this process so far (tests and benchmarks count them)."""
+    return _starts
 
 
-def address_space_bytes(limits: SandboxLimits) -> int:
-    """Address space a worker may add to what it had when it started: SQLite's heap, the largest result the
-    caps allow (as Python objects, and once more while it is sent back), and 128 MB for everything else."""
-    return limits.max_memory_bytes + 4 * limits.max_bytes + _ROW_OVERHEAD_BYTES * limits.max_rows + 128 * 2**20
-
-
-# --- inside a worker ---------------------------------------------------------------------------------------
-
-
-def _limit_memory(limits: SandboxLimits) -> None:
-    probe = sqlite3.connect(":memory:")
-    probe.execute(f"PRAGMA hard_heap_limit = {int(limits.max_memory_bytes)}")  # process-wide, this process only
-    probe.close()
-    try:
-        import resource
-
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            vm_now = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        cap = vm_now + address_space_bytes(limits)
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        if hard != resource.RLIM_INFINITY:
-            cap = min(cap, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    except (ImportError, OSError, ValueError):  # pragma: no cover - not Linux: SQLite's heap limit still holds
-        pass
-
-
-class _Outbox:
-    """Answers on their way to the supervisor, sent in batches: by the worker between runs, or by a thread
-    within ``_FLUSH_S`` of the first one waiting, so that answers are never held back behind a slow query
-    (SQLite releases the GIL while it runs)."""
-
-    def __init__(self, channel: Connection, limits: SandboxLimits) -> None:
-        self.channel = channel
-        self.limits = limits
-        self.parent = os.getppid()
-        self.items: list[tuple[Any, ...]] = []
-        self.lock = threading.Condition()
-        threading.Thread(target=self._flush_soon, daemon=True, name="finestep-sql-outbox").start()
-
-    def put(self, item: tuple[Any, ...]) -> None:
-        with self.lock:
-            self.items.append(item)
-            if len(self.items) == 1:
-                self.lock.notify()
-
-    def flush(self, then: tuple[Any, ...] | None = None) -> None:
-        with self.lock:
-            if self.items:
-                items, self.items = self.items, []
-                try:
-                    self.channel.send(("batch", items))
-                except MemoryError:  # the batch is too large to pickle: answer each query too_large instead
-                    keys = [(token, index) for token, index, _ in items]
-                    del items
-                    too_large = _as_tuple(_too_large(self.limits))
-                    self.channel.send(("batch", [(token, index, too_large) for token, index in keys]))
-            if then is not None:
-                self.channel.send(then)
-
-    def _flush_soon(self) -> None:
-        while True:
-            with self.lock:
-                while not self.items:
-                    self.lock.wait(timeout=1.0)
-                    if os.getppid() != self.parent:  # the supervisor is gone (killed): so is the work
-                        os._exit(0)
-            time.sleep(_FLUSH_S)
-            self.flush()
-
-
-def _worker_main(channel: Connection, limits: SandboxLimits) -> None:
-    """A worker's loop: ``("run", token, db_path, start, queries)`` in, where ``queries[k]`` has index
-    ``start + k``; ``("batch", [(token, index, result), ...])`` and, after the last answer of a run,
-    ``("done", token)`` out. ``("truncate", token, end)`` between two queries shortens the current run to the
-    indices below ``end``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
-    outbox = _Outbox(channel, limits)
-    _limit_memory(limits)
-    connections: OrderedDict[tuple[Any, ...], sqlite3.Connection] = OrderedDict()
-    channel.send(("ready",))
-    while True:
-        try:
-            message = channel.recv()
-        except EOFError:
-            return
-        if message[0] != "run":
-            continue  # a truncate that came after its run had ended
-        _, token, db_path, index, queries = message
-        offset, end = index, index + len(queries)
-        while index < end:
-            while channel.poll():
-                message = channel.recv()
-                if message[0] == "truncate" and message[1] == token:
-                    end = min(end, message[2])
-            if index >= end:
-                break
-            result = _answer(connections, db_path, queries[index - offset], limits)
-            outbox.put((token, index, _as_tuple(result)))
-            del result
-            index += 1
-        outbox.flush(then=("done", token))
-
-
-def _as_tuple(result: ExecutionResult) -> tuple[Any, ...]:
-    # A plain tuple pickles several times faster than the dataclass (Spider queries take ~0.1 ms each).
-    return (result.columns, result.rows, result.error_kind, result.error, result.elapsed_s, result.truncated_rows,
-            result.truncated_bytes, result.nbytes)  # fmt: skip
-
-
-def _too_large(limits: SandboxLimits) -> ExecutionResult:
-    message = f"query needs more memory than the sandbox allows ({limits.max_memory_bytes >> 20} MB)"
-    return ExecutionResult(error_kind=ErrorKind.TOO_LARGE, error=message)
-
-
-def _answer(
-    connections: OrderedDict[tuple[Any, ...], sqlite3.Connection], db_path: str, sql: str, limits: SandboxLimits
-) -> ExecutionResult:
-    start = time.perf_counter()
-    key = file_version(db_path) or (db_path,)
-    conn = connections.get(key)
-    try:
-        if conn is None:
-            conn = open_readonly(db_path, limits)
-            connections[key] = conn
-            while len(connections) > _OPEN_CONNECTIONS:
-                connections.popitem(last=False)[1].close()
-        connections.move_to_end(key)
-        return run_query(conn, sql, limits)
-    except FileNotFoundError as exc:
-        return ExecutionResult(error_kind=ErrorKind.MISSING_DATABASE, error=str(exc), elapsed_s=time.perf_counter() - start)
-    except sqlite3.Error as exc:
-        message = f"cannot open database: {exc}"
-        return ExecutionResult(error_kind=ErrorKind.RUNTIME, error=message, elapsed_s=time.perf_counter() - start)
-    except MemoryError:
-        return _too_large(limits)
-
-
-# --- the supervisor ----------------------------------------------------------------------------------------
-
-
-def _context() -> multiprocessing.context.BaseContext:
-    methods = multiprocessing.get_all_start_methods()
-    # fork starts a worker in milliseconds but is unsafe once other threads exist (progress bars, torch's
-    # thread pools): then forkserver, whose server process starts once.
-    if "fork" in methods and threading.active_count() == 1 and "torch" not in sys.modules:
-        return multiprocessing.get_context("fork")
-    if "forkserver" in methods:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        return context
-    return multiprocessing.get_context("spawn")  # pragma: no cover - not Linux
+def _worker_env() -> dict[str, str]:
+    """The caller's environment, with the folder that holds this ``finestep`` first on ``PYTHONPATH`` (a
+    notebook or a script may have imported it from a path the worker would not otherwise search)."""
+    env = dict(os.environ)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT, *[p for p in paths if p != _PACKAGE_ROOT]])
+    return env
 
 
 class _Worker:
-    """One worker process and the run of queries it is working on."""
+    """One worker process, its channel, and the run of queries it is working on."""
 
     def __init__(self, limits: SandboxLimits) -> None:
-        context = _context()
-        self.channel, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, limits), daemon=True, name="finestep-sql")
-        self.process.start()
-        child.close()
+        global _starts
+        if not sys.executable:
+            raise WorkerStartError("cannot start a sandbox worker: sys.executable is empty (an embedded Python?)")
+        ours, theirs = socket.socketpair()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for the worker's life; read if it fails to start
+        command = [sys.executable, "-c", _WORKER_CODE, str(theirs.fileno()), str(os.getpid())]
+        try:
+            self.process = subprocess.Popen(
+                command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=self.stderr, env=_worker_env(), start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:
+            ours.close()
+            self.stderr.close()
+            raise WorkerStartError(f"cannot start a sandbox worker ({sys.executable}): {exc}") from exc
+        finally:
+            theirs.close()
+        with _starts_lock:
+            _starts += 1
+        self.channel = Connection(ours.detach())
         self.ready = False
         self.started = time.perf_counter()
         self.last_event = self.started
         self.run: _Run | None = None
+        try:
+            self.channel.send(("limits", limits))
+        except OSError:  # it died at once: the first read of its pipe reports it
+            pass
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def kill(self) -> None:
-        self.process.kill()
-        self.process.join()
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
         self.channel.close()
+        self.stderr.close()
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        """The last ``limit`` characters the worker wrote to its standard error."""
+        try:
+            self.stderr.seek(0)
+            return self.stderr.read().decode("utf-8", "replace")[-limit:].strip()
+        except (OSError, ValueError):
+            return ""
 
     def deadline(self, limits: SandboxLimits) -> float:
         if not self.ready:
@@ -257,8 +167,8 @@ class _Run:
 class WorkerPool:
     """Worker processes that run queries under ``limits`` with a hard deadline and a memory bound.
 
-    Thread-safe: concurrent :meth:`run` calls use distinct workers. Idle workers are kept for the next call
-    until :meth:`close` (or the end of the process: they are daemons).
+    Thread-safe: concurrent :meth:`run` calls use distinct workers. Up to ``max_idle`` idle workers are kept for
+    the next call until :meth:`close`; a worker whose supervisor ends sees its channel close and exits.
     """
 
     def __init__(self, limits: SandboxLimits, max_idle: int = 1) -> None:
@@ -267,21 +177,32 @@ class WorkerPool:
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
         self._tokens = 0
+        self._owner = os.getpid()
+        self._start_failures = 0  # failed starts in a row
         self.killed = 0  # workers killed for overrunning their deadline (for tests and benchmarks)
+        self.started = 0  # workers this pool has started
+
+    def _forget_if_forked(self) -> None:
+        """In a forked child the idle workers are the parent's: forget them (never kill them). Call locked."""
+        if self._owner != os.getpid():
+            self._owner, self._idle = os.getpid(), []
 
     def _take(self) -> _Worker:
         while True:
             with self._lock:
+                self._forget_if_forked()
                 worker = self._idle.pop() if self._idle else None
             if worker is None:
+                self.started += 1
                 return _Worker(self.limits)
-            if worker.process.is_alive():
+            if worker.alive():
                 return worker
             worker.kill()  # died while idle (killed from outside): reap it and take another
 
     def _give_back(self, worker: _Worker) -> None:
         with self._lock:
-            if len(self._idle) < self.max_idle and worker.process.is_alive():
+            self._forget_if_forked()
+            if len(self._idle) < self.max_idle and worker.alive():
                 self._idle.append(worker)
                 return
         worker.kill()
@@ -289,14 +210,28 @@ class WorkerPool:
     def idle_pids(self) -> list[int]:
         """Process ids of the idle workers (to measure their memory)."""
         with self._lock:
-            return [worker.process.pid for worker in self._idle if worker.process.pid is not None]
+            self._forget_if_forked()
+            return [worker.pid for worker in self._idle]
 
     def close(self) -> None:
         """Stop every idle worker."""
         with self._lock:
+            self._forget_if_forked()
             idle, self._idle = self._idle, []
         for worker in idle:
             worker.kill()
+
+    def _failed_start(self, worker: _Worker, cause: str) -> None:
+        """Count a worker that died or hung before it was ready; raise once ``MAX_START_FAILURES`` in a row."""
+        self._start_failures += 1
+        detail = worker.stderr_tail()
+        worker.kill()
+        message = f"a sandbox worker failed to start: {cause}" + (f"; its error output:\n{detail}" if detail else "")
+        if self._start_failures >= MAX_START_FAILURES:
+            self._start_failures = 0
+            raise WorkerStartError(f"{MAX_START_FAILURES} sandbox workers in a row failed to start ({sys.executable} "
+                                   f"-c {_WORKER_CODE!r}). The last: {message}")  # fmt: skip
+        _log.warning("%s (try %d of %d)", message, self._start_failures, MAX_START_FAILURES)
 
     def run(
         self, jobs: Sequence[Job], workers: int = 1, on_job_done: Callable[[int], None] | None = None
@@ -305,14 +240,8 @@ class WorkerPool:
 
         ``on_job_done(j)`` is called when job ``j`` has all its answers. Never raises for a bad query; on
         ``KeyboardInterrupt`` (or any other exception) the workers in use are killed before it propagates.
+        Raises :class:`WorkerStartError` when ``MAX_START_FAILURES`` workers in a row fail to start.
         """
-        if not isolation_available():  # a daemonic process may not start workers: run here, soft deadline only
-            answers = []
-            for j, (db_path, queries) in enumerate(jobs):
-                answers.append(execute_on(db_path, queries, self.limits))
-                if on_job_done is not None:
-                    on_job_done(j)
-            return answers
         results: list[list[ExecutionResult | None]] = [[None] * len(queries) for _, queries in jobs]
         missing = [len(queries) for _, queries in jobs]
         queue: deque[tuple[int, int, int]] = deque((j, 0, len(q)) for j, (_, q) in enumerate(jobs) if len(q))
@@ -351,6 +280,13 @@ class WorkerPool:
                     queue.appendleft((run.job, run.running + 1, run.end))
             worker.kill()
 
+        def retry(worker: _Worker) -> None:
+            """The worker never started: its whole run goes back to the queue, no query is answered."""
+            del busy[worker.channel]
+            run = worker.run
+            if run is not None and run.running < run.end:
+                queue.appendleft((run.job, run.running, run.end))
+
         try:
             while queue or busy:
                 while queue and len(busy) < workers:
@@ -361,8 +297,11 @@ class WorkerPool:
                 timeout = max(0.0, min(w.deadline(self.limits) for w in busy.values()) - now)
                 for channel, worker, message in self._receive(busy, timeout):
                     if message is None:
-                        worker.process.join()
-                        code = worker.process.exitcode
+                        code = worker.process.wait()
+                        if not worker.ready:
+                            retry(worker)
+                            self._failed_start(worker, f"it exited with code {code} before it was ready")
+                            continue
                         kind = ErrorKind.TOO_LARGE if code == -signal.SIGKILL else ErrorKind.RUNTIME
                         lost(worker, kind, f"the sandbox worker died (exit code {code}) running this query")
                         continue
@@ -371,6 +310,7 @@ class WorkerPool:
                     assert run is not None
                     if message[0] == "ready":
                         worker.ready = True
+                        self._start_failures = 0
                     elif message[0] == "batch":
                         for token, index, fields in message[1]:
                             if token == run.token:
@@ -386,12 +326,13 @@ class WorkerPool:
                             self._give_back(worker)
                 now = time.perf_counter()
                 for worker in [w for w in busy.values() if w.deadline(self.limits) <= now]:
-                    self.killed += 1
                     if worker.ready:
+                        self.killed += 1
                         limit = f"{self.limits.timeout_s:g} s"
                         lost(worker, ErrorKind.TIMEOUT, f"query exceeded the {limit} time limit (its worker was stopped)")
-                    else:  # pragma: no cover - a machine too loaded to start a process in a minute
-                        lost(worker, ErrorKind.RUNTIME, "the sandbox worker did not start")
+                    else:
+                        retry(worker)
+                        self._failed_start(worker, f"it was not ready after {STARTUP_TIMEOUT_S:g} s")
         except BaseException:
             for worker in busy.values():
                 worker.kill()

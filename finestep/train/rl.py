@@ -28,7 +28,7 @@ from finestep.eval.episodes import episode_metrics
 from finestep.models import build_tiny_model, load_model, load_tokenizer
 from finestep.models.loading import resolve_device
 from finestep.rewards import score_episodes
-from finestep.sql.executor import SqlSandbox
+from finestep.sql.executor import shared_sandbox
 from finestep.train.batch import build_token_batch, credit_rollout
 from finestep.train.checkpoint import (
     capture_rng,
@@ -124,7 +124,7 @@ class RLTrainer:
         self.step = 0
         if checkpoint is not None:
             self._restore(load_trainer_state(checkpoint))
-        self.sandbox = SqlSandbox()
+        self.sandbox = shared_sandbox()
         self.protocol = get_protocol(config.rollout.protocol)
         self.generator = self._make_generator()
         self.log = MetricsLog(self.run_dir, config.trainer, to_dict(config), resume_after=self.step)
