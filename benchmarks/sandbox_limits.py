@@ -12,8 +12,18 @@ baseline (sampled every 5 ms while the query runs, and its high-water mark when 
 process's growth (it only receives answers). Last, ``score_predictions`` with 10 runaway predictions on one
 database and 2 workers, against the bound ``runaways x limit / workers``.
 
-Run from the repository root:  ``.venv/bin/python benchmarks/sandbox_limits.py``
-(writes ``benchmarks/results/sandbox_limits.json`` atomically).
+Section ``starts`` (issue 18): worker starts, from scripts that import transformers at the top as training
+scripts do, for this checkout and, with ``--before DIR``, another checkout (e.g. a ``git worktree`` of an older
+commit) in the same run:
+
+- 100 scripted-expert episodes through the public per-episode API (``expert_trajectory`` with its defaults):
+  worker starts and wall time;
+- the time to the first answer of a new ``SqlSandbox``;
+- ``benchmarks/credit_quality.py --tasks 16`` alone, then two at once (each run's wall time and worker starts).
+
+Run from the repository root:  ``.venv/bin/python benchmarks/sandbox_limits.py [--sections limits,starts]
+[--before DIR]`` (writes ``benchmarks/results/sandbox_limits.json``, or ``sandbox_starts.json`` for the
+``starts`` section, atomically).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import os
 import platform
 import shlex
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -37,9 +48,13 @@ from rich.table import Table
 
 from finestep.atomic import atomic_write_json
 from finestep.data import load_benchmark
+from finestep.data.sqlworld import build_world
 from finestep.eval.execution import EVAL_LIMITS, score_predictions
 from finestep.sql.executor import SandboxLimits, SqlSandbox
 from finestep.sql.workers import WorkerPool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from worker_starts import measure_starts, starts_table  # the benchmarks folder is not a package
 
 MB = 2**20
 LIMIT_S = 2.0
@@ -162,16 +177,8 @@ def runaways(workers: int, n_runaways: int = 10, n_normal: int = 10) -> dict[str
     }  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--spider-dir", type=Path,
-                        default=Path(os.environ.get("FINESTEP_SPIDER_DIR", "../shared/data/spider")))  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sandbox_limits.json"))
-    args = parser.parse_args(argv)
-    db = args.spider_dir / "database" / "flight_4" / "flight_4.sqlite"
-    if not db.is_file():
-        parser.error(f"{db}: Spider's flight_4 database not found (set --spider-dir)")
-    console = Console(width=150)
+def limits_section(db: Path, out: Path, console: Console) -> None:
+    """The hostile queries on both paths, the runaway spread, the table and ``out``."""
     paths = {"trainer": trainer_path(db), "evaluator": evaluator_path(db)}
     spread = runaways(workers=2)
     table = Table(title=f"Hostile queries on flight_4, limit {LIMIT_S:g} s")
@@ -186,15 +193,81 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"{spread['runaways']} runaways on one database, {spread['workers']} workers: {spread['wall_s']:.2f} s "
                   f"(bound {spread['bound_s']:.1f} s, {spread['vs_bound']:.2f}x); {spread['n_correct']} correct")  # fmt: skip
     worst = max(row["vs_limit"] for rows in paths.values() for row in rows.values())
-    atomic_write_json(args.out, {
+    atomic_write_json(out, {
         "benchmark": "sandbox_limits",
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "sqlite": sqlite3.sqlite_version},
+        "machine": _machine(),
         "limit_s": LIMIT_S, "queries": QUERIES, "results": paths, "runaways": spread,
         "worst_vs_limit": worst, "within_1_5x": worst <= 1.5,
     })  # fmt: skip
-    console.print(f"worst wall time / limit: {worst:.2f} (target <= 1.5); wrote {args.out}")
+    console.print(f"worst wall time / limit: {worst:.2f} (target <= 1.5); wrote {out}")
+
+
+def _machine() -> dict[str, Any]:
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version}  # fmt: skip
+
+
+def starts_section(before: Path | None, timeout_s: float, out: Path, console: Console) -> None:
+    """Worker starts of this checkout (and of ``before``): the table and ``out``."""
+    checkouts = {"after": ROOT} if before is None else {"before": before.resolve(), "after": ROOT}
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="sandbox-starts-") as tmp:
+        world = build_world(Path(tmp) / "world", seed=0, n_train_dbs=9, n_test_dbs=0).root  # 108 training tasks
+        for name, checkout in checkouts.items():
+            console.print(f"[bold]{name}[/bold]: {checkout} ({_commit(checkout)})")
+            results[name] = {"checkout": str(checkout), "commit": _commit(checkout),
+                             **measure_starts(checkout, world, timeout_s, console.print)}  # fmt: skip
+    console.print(starts_table(results))
+    after = results["after"]
+    targets = {
+        "one_start_per_process": after["episodes"]["worker_starts"] <= 1
+        and all(run["worker_starts"] <= 1 for run in [after["credit_quality_alone"], *after["credit_quality_two"]]),
+        "first_answer_under_0_3_s": after["first_answer_s"] < 0.3,
+        "two_at_once_within_1_3x": after["two_at_once_vs_alone"] is not None and after["two_at_once_vs_alone"] <= 1.3,
+    }
+    atomic_write_json(out, {
+        "benchmark": "sandbox_starts", "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "machine": _machine(), "timeout_s": timeout_s, "results": results, "targets_met": targets,
+    })  # fmt: skip
+    console.print(f"targets: {targets}; wrote {out}")
+
+
+def _commit(checkout: Path) -> str:
+    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    return done.stdout.strip() or "unknown"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spider-dir", type=Path,
+                        default=Path(os.environ.get("FINESTEP_SPIDER_DIR", "../shared/data/spider")))  # fmt: skip
+    parser.add_argument("--sections", default="limits,starts",
+                        help="comma-separated: limits (hostile queries), starts (worker starts, issue 18)")  # fmt: skip
+    parser.add_argument("--before", type=Path, help="starts: another checkout to measure too (e.g. a worktree "
+                        "of an older commit)")  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=900.0,
+                        help="starts: seconds a credit_quality run may take before it counts as not finished")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sandbox_limits.json"))
+    parser.add_argument("--starts-out", type=Path, default=Path("benchmarks/results/sandbox_starts.json"))
+    args = parser.parse_args(argv)
+    sections = {s.strip() for s in args.sections.split(",") if s.strip()}
+    if not sections or sections - {"limits", "starts"}:
+        parser.error(f"--sections: choose from limits, starts (got {args.sections!r})")
+    if args.before is not None and not (args.before / "finestep" / "sql" / "workers.py").is_file():
+        parser.error(f"--before {args.before}: not a finestep checkout (no finestep/sql/workers.py)")
+    console = Console(width=150)
+    if "limits" in sections:
+        db = args.spider_dir / "database" / "flight_4" / "flight_4.sqlite"
+        if not db.is_file():
+            parser.error(f"{db}: Spider's flight_4 database not found (set --spider-dir)")
+        limits_section(db, args.out, console)
+    if "starts" in sections:
+        starts_section(args.before, args.timeout, args.starts_out, console)
     return 0
 
 
