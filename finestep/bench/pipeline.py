@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from finestep.agent.rollout import RolloutConfig, cached_schema, rollout
 from finestep.agent.trajectory import Trajectory
 from finestep.atomic import atomic_write_json
 from finestep.config import to_dict
-from finestep.data.sqlworld import ExpertConfig, build_world, load_world, write_jsonl
+from finestep.data.sqlworld import WORLD_TIERS, ExpertConfig, World, build_world, load_world, write_jsonl
 from finestep.data.task import Task
 from finestep.env import SqlEnv
 from finestep.eval.episodes import episode_metrics
@@ -34,7 +34,7 @@ from finestep.train.config import TinyModelConfig, TrainConfig, load_train_confi
 from finestep.train.rl import RLTrainer
 from finestep.train.sft import SFTConfig, build_sft_examples, load_sft_records, train_sft
 
-__all__ = ["PipelineConfig", "evaluate_model", "pipeline_paths", "prepare", "rl_config", "run_rl"]
+__all__ = ["PipelineConfig", "evaluate_model", "pipeline_paths", "prepare", "prepare_data", "rl_config", "run_rl"]
 
 Progress = Callable[[str, float | None], None]  # (message, fraction done or None)
 
@@ -45,9 +45,12 @@ class PipelineConfig:
 
     The bench's defaults: 96 training databases with 12 training questions each, plus 2 validation and 4
     held-out questions each (new questions on the training databases), and 16 unseen test databases.
+    ``tier`` is the world's tier (``default`` or ``hard``: ``build_world(tier=...)``); with ``hard`` the expert's
+    turn limit is the rollout's ``max_turns`` (its questions need 4-5 turns and the imperfections more).
     """
 
     seed: int = 0
+    tier: str = "default"
     n_train_dbs: int = 96  # many schemas: with few, a tiny model memorizes table names instead of copying them
     n_test_dbs: int = 16
     questions_per_db: int = 12
@@ -64,6 +67,10 @@ class PipelineConfig:
     # a second SFT stage from the first one's weights (fresh optimizer and schedule), or None
     sft_continue: SFTConfig | None = field(default_factory=lambda: SFTConfig(epochs=4, lr=1e-3, batch_size=16, seed=1))
     eval_tasks: int = 96
+
+    def __post_init__(self) -> None:
+        if self.tier not in WORLD_TIERS:
+            raise ValueError(f"PipelineConfig.tier: unknown tier {self.tier!r}; expected one of {', '.join(WORLD_TIERS)}")
 
 
 def _corpus(tasks: list[Task], expert_lines: list[dict[str, Any]], prompt: RolloutConfig) -> list[str]:
@@ -87,6 +94,30 @@ def pipeline_paths(out: Path) -> dict[str, Path]:
     return {"world": out / "world", "expert": out / "expert.jsonl", "init": out / "model-init", "sft": out / "model-sft"}
 
 
+def prepare_data(
+    out: Path, config: PipelineConfig, prompt: RolloutConfig, progress: Progress | None = None
+) -> tuple[World, list[dict[str, Any]]]:
+    """Build (or reuse) the world (of ``config.tier``) and the expert's training trajectories under ``out``: the
+    first stages of :func:`prepare`, the ones that need no model. A world of another tier there is an error."""
+    say = progress or (lambda message, fraction: None)
+    paths = pipeline_paths(out)
+    if not (paths["world"] / "world.json").is_file():
+        say("building the world", None)
+        build_world(paths["world"], seed=config.seed, n_train_dbs=config.n_train_dbs, n_test_dbs=config.n_test_dbs,
+                    questions_per_db=config.questions_per_db, valid_per_db=config.valid_per_db,
+                    heldout_per_db=config.heldout_per_db, tier=config.tier)  # fmt: skip
+    world = load_world(paths["world"])
+    if world.tier != config.tier:
+        raise ValueError(f"{paths['world']}: a world of tier {world.tier!r} is there, but tier {config.tier!r} was "
+                         "asked for (use another --out, or the same tier)")  # fmt: skip
+    if not paths["expert"].is_file():
+        say("writing expert trajectories", None)
+        expert = config.expert if config.tier == "default" else replace(config.expert, max_steps=prompt.max_turns)
+        lines = expert_dataset(world, "train", config.expert_samples_per_task, expert, config.seed)
+        write_jsonl(paths["expert"], lines)
+    return world, [json.loads(line) for line in paths["expert"].read_text(encoding="utf-8").splitlines()]
+
+
 def prepare(out: Path, config: PipelineConfig, prompt: RolloutConfig, progress: Progress | None = None) -> dict[str, Path]:
     """Build (or reuse) the world, the expert data, the tiny model and its SFT warm start under ``out``.
 
@@ -94,17 +125,7 @@ def prepare(out: Path, config: PipelineConfig, prompt: RolloutConfig, progress: 
     """
     say = progress or (lambda message, fraction: None)
     paths = pipeline_paths(out)
-    if not (paths["world"] / "world.json").is_file():
-        say("building the world", None)
-        build_world(paths["world"], seed=config.seed, n_train_dbs=config.n_train_dbs, n_test_dbs=config.n_test_dbs,
-                    questions_per_db=config.questions_per_db, valid_per_db=config.valid_per_db,
-                    heldout_per_db=config.heldout_per_db)  # fmt: skip
-    world = load_world(paths["world"])
-    if not paths["expert"].is_file():
-        say("writing expert trajectories", None)
-        lines = expert_dataset(world, "train", config.expert_samples_per_task, config.expert, config.seed)
-        write_jsonl(paths["expert"], lines)
-    expert_lines = [json.loads(line) for line in paths["expert"].read_text(encoding="utf-8").splitlines()]
+    world, expert_lines = prepare_data(out, config, prompt, progress)
     if not (paths["init"] / "config.json").is_file():
         say("training the tokenizer and building the tiny model", None)
         tiny = config.tiny

@@ -15,6 +15,10 @@ from rich.console import Console
 
 from finestep.cli.common import _non_negative_int, _positive_int, _progress
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_BENCH_CONFIG = CONFIGS / "sqlworld-tiny.yaml"
+HARD_BENCH_CONFIG = CONFIGS / "sqlworld-hard.yaml"
+
 
 def _stage(message: str) -> str:
     """The stage a demo progress message belongs to: ``"SFT warm start (loss 0.4)"`` -> ``"SFT warm start"``,
@@ -107,14 +111,19 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
     from finestep.train.config import load_train_config
 
     estimators = [name.strip() for name in args.estimators.split(",") if name.strip()]
+    if args.tier is not None:  # the config's data.world_tier, and the hard tier's config unless one is given
+        args.overrides = [*args.overrides, f"data.world_tier={args.tier}"]
+        if args.tier == "hard" and args.config == DEFAULT_BENCH_CONFIG:
+            args.config = HARD_BENCH_CONFIG
     common = list(args.overrides)
     if args.model is None:  # SQLWorld: one world and one warm start shared by every run
         expected = pipeline_paths(args.out)
-        prompt = load_train_config(args.config, [f"data.path={expected['world']}", f"model.path={expected['sft']}",
-                                                 *args.overrides]).rollout  # fmt: skip
-        console.print("preparing the world and the warm start (shared by every run)")
+        config = load_train_config(args.config, [f"data.path={expected['world']}", f"model.path={expected['sft']}",
+                                                 *args.overrides])  # fmt: skip
+        console.print(f"preparing the world ({config.data.world_tier} tier) and the warm start (shared by every run)")
         with stage_reporter(console) as say:
-            paths = prepare(args.out, PipelineConfig(seed=args.world_seed), prompt, say)
+            pipeline = PipelineConfig(seed=args.world_seed, tier=config.data.world_tier)
+            paths = prepare(args.out, pipeline, config.rollout, say)
         common = [f"data.path={paths['world']}", f"model.path={paths['sft']}", *common]
     else:
         common = [f"model.path={args.model}", *common]
@@ -176,11 +185,14 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     bn.add_argument("--estimators", default="grpo,finestep", help="comma-separated names (default grpo,finestep)")
     bn.add_argument("--seeds", type=_positive_int, default=3, help="seeds per estimator (default 3)")
     bn.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (default runs/bench)")
-    bn.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[2] / "configs" / "sqlworld-tiny.yaml",
-                    help="base RL config (default configs/sqlworld-tiny.yaml)")
+    bn.add_argument("--config", type=Path, default=DEFAULT_BENCH_CONFIG,
+                    help="base RL config (default configs/sqlworld-tiny.yaml; configs/sqlworld-hard.yaml with --tier hard)")
     bn.add_argument("--model", type=Path, help="start every run from this checkpoint instead of SQLWorld's warm "
                     "start (e.g. with --config configs/spider-tiny.yaml model.init=pretrained)")
     bn.add_argument("--world-seed", type=_non_negative_int, default=0, help="SQLWorld's generator seed (default 0)")
+    bn.add_argument("--tier", choices=["default", "hard"], help="SQLWorld's tier (sets data.world_tier; default: the "
+                    "config's, default in sqlworld-tiny.yaml, hard in sqlworld-hard.yaml); hard: questions that need "
+                    "3-4 look-ups, 8 turns")
     bn.add_argument("--jobs", type=_positive_int, default=1, help="runs at once, each in its own process with one thread "
                     "(default 1; e.g. 2 on 2 cores)")
     bn.add_argument("--secondary", default="none", choices=["none", "valid", "heldout", "test"],

@@ -109,6 +109,10 @@ class DataConfig:
     max_eval_tasks: int | None = option(32, help="evaluation tasks at most (null: all)")
     eval_split: str = option("test", help="sqlworld: the split evaluated (test: unseen databases; heldout or "
                              "valid: new questions on the training databases)")  # fmt: skip
+    world_tier: Literal["default", "hard"] = option(
+        "default", help="sqlworld: the world's tier (hard: 3-4 data look-ups per question, configs/sqlworld-hard.yaml); "
+        "finestep bench builds its world with it, and the world at path must be of this tier"
+    )  # fmt: skip
     drop_empty_gold: bool = option(True, help="spider/bird: leave out of training the tasks whose gold query "
                                    "returns no rows (an empty answer would earn full reward); those whose gold "
                                    "fails are always left out, held-out tasks never")  # fmt: skip

@@ -78,6 +78,9 @@ def load_task_data(config: DataConfig) -> TaskData:
         if config.eval_split not in SPLITS or config.eval_split == "train":
             raise DataError(f"data.eval_split: expected one of valid, heldout, test; got {config.eval_split!r}")
         world = load_world(Path(os.path.expandvars(config.path)))
+        if world.tier != config.world_tier:
+            raise DataError(f"data.world_tier: {config.world_tier!r}, but the world at {config.path} is of tier "
+                            f"{world.tier!r} (build it with that tier, or set data.world_tier={world.tier})")
         evaluation = world.split(config.eval_split)
         if not evaluation:
             raise DataError(f"data.eval_split: the world at {config.path} has no {config.eval_split!r} questions "

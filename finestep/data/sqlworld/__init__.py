@@ -2,7 +2,9 @@
 
 Small databases over six domains store categorical values in one of four styles (as the question says them,
 lower case, upper case or codes), so whether a ``SELECT DISTINCT`` probe is needed can only be known by
-looking. Questions come in three tiers (filter/count, value probe, join + probe); a scripted expert writes
+looking. Questions come in three tiers (filter/count, value probe, join + probe); ``build_world(..., tier="hard")``
+builds a long-horizon world instead (hardened databases, three or four look-ups per question:
+``finestep.data.sqlworld.hard``). A scripted expert writes
 trajectories with configurable imperfections (redundant probes, failed queries and their repair, skipped
 probes, wasted probes) for a warm start (planned by ``expert_plan``, played in the environment by
 ``finestep.agent.expert``); ``oracle_labels`` says which steps of any trajectory were good or bad.
@@ -22,17 +24,21 @@ from finestep.data.sqlworld.expert import (
     solution_correct,
     write_jsonl,
 )
+from finestep.data.sqlworld.hard import HARD_TIER, Lookup
 from finestep.data.sqlworld.oracle import LABEL_VALUES, OracleLabel, label_values, oracle_labels
-from finestep.data.sqlworld.world import SPLITS, TIERS, TaskMeta, World, build_world, load_world
+from finestep.data.sqlworld.world import SPLITS, TIERS, WORLD_TIERS, TaskMeta, World, build_world, load_world
 
 __all__ = [
     "CATEGORIES",
     "DOMAINS",
+    "HARD_TIER",
     "LABEL_VALUES",
     "SPLITS",
     "STYLES",
     "TIERS",
+    "WORLD_TIERS",
     "ExpertConfig",
+    "Lookup",
     "OracleLabel",
     "TaskMeta",
     "World",

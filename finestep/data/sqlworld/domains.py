@@ -53,7 +53,9 @@ class ColumnSpec:
         names: naming variants (SQL identifiers); a database uses one.
         kind: ``id`` (primary key), ``fk`` (``ref`` is the parent table's key; the name is
             ``<parent singular>_id``), ``int`` / ``real`` (uniform in ``[lo, hi]``), ``name`` (``ref`` is a
-            name generator of :mod:`generate`), ``cat`` (``ref`` is a :data:`CATEGORIES` key).
+            name generator of :mod:`generate`), ``cat`` (``ref`` is a :data:`CATEGORIES` key); the hard tier
+            (:mod:`finestep.data.sqlworld.hard`) adds ``date`` (text in a database's format) and ``cents``
+            (money as integer cents).
         lo, hi: numeric range.
         step: thresholds in questions are multiples of it.
         pred: ``cat`` only: how a question restricts to a value: ``{v}`` the surface value, ``{col}`` the column.
@@ -73,7 +75,9 @@ class ColumnSpec:
     @property
     def sql_type(self) -> str:
         """The declared SQLite type."""
-        return "REAL" if self.kind == "real" else "TEXT" if self.kind in ("name", "cat") else "INTEGER"
+        return (
+            "REAL" if self.kind == "real" else "TEXT" if self.kind in ("name", "cat", "date") else "INTEGER"
+        )
 
 
 @dataclass(frozen=True)

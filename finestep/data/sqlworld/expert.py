@@ -11,6 +11,10 @@ independently per trajectory:
 - ``fail_repair`` (``p_fail_repair``): a query with a misspelled column (the probe's, or the answer tried as
   a tool call), then the right one.
 
+A hard-tier task (:attr:`TaskMeta.lookups`) is planned the same way with one look-up per fact (in the order of
+``lookups``): ``skip_probe`` leaves out one look-up (the answer then uses that fact as the question says it),
+``fail_repair`` misspells the column of one look-up (or the answer), and the clean plan is 4 or 5 turns.
+
 A trajectory has at most ``max_steps`` turns: an imperfection that would exceed it is left out. This module
 plans the ``(kind, sql, role)`` turns only; ``finestep.agent.expert`` writes them in the protocol and plays them
 in the environment (``finestep.env``), one line of the trajectory JSONL format per trajectory.
@@ -77,9 +81,12 @@ def expert_plan(
     """The ``(kind, sql, role)`` turns of one trajectory and the imperfections applied (module docstring).
 
     ``kind`` is ``sql`` or ``solution``; ``role`` one of ``probe``, ``wasted_probe``, ``redundant_probe``,
-    ``failing_probe``, ``failing_query``, ``solution``. Five draws from ``rng`` per call, whatever the config.
+    ``failing_probe``, ``failing_query``, ``solution``. Five draws from ``rng`` per call, whatever the config
+    (seven for a hard-tier task). Raises ValueError if even the clean plan has more than ``max_steps`` turns.
     """
     draws = [rng.random() for _ in range(5)]  # always five draws, so one behaviour never shifts another's
+    if meta.lookups:
+        return _hard_plan(task, meta, config, draws + [rng.random(), rng.random()])
     has_probe = meta.probe_sql is not None
     skip = has_probe and draws[0] < config.p_skip_probe
     answer = meta.skip_probe_sql if skip else task.gold_sql
@@ -101,6 +108,43 @@ def expert_plan(
         if has_probe and not skip and meta.failing_probe_sql and draws[4] < 0.5:
             at = next(i for i, step in enumerate(plan) if step[2] == "probe")
             plan.insert(at, ("sql", meta.failing_probe_sql, "failing_probe"))
+        else:
+            plan.append(("sql", misspell(answer, *meta.misspelling), "failing_query"))
+        behaviours.append("fail_repair")
+    plan.append(("solution", answer, "solution"))
+    return plan, behaviours
+
+
+def _hard_plan(
+    task: Task, meta: TaskMeta, config: ExpertConfig, draws: list[float]
+) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """:func:`expert_plan` for a task with several look-ups (``draws``: seven numbers in [0, 1))."""
+    lookups = meta.lookups
+    if len(lookups) + 1 > config.max_steps:
+        raise ValueError(
+            f"task {task.id} needs {len(lookups) + 1} turns ({len(lookups)} look-ups and the answer) but "
+            f"ExpertConfig.max_steps is {config.max_steps}; use max_steps >= 5 for the hard tier"
+        )
+    skipped = int(draws[5] * len(lookups)) if draws[0] < config.p_skip_probe else None
+    answer = task.gold_sql if skipped is None else lookups[skipped].skip_sql
+    plan = [("sql", x.probe_sql, "probe") for k, x in enumerate(lookups) if k != skipped]
+    behaviours = [] if skipped is None else ["skip_probe"]
+
+    def room() -> bool:
+        return len(plan) + 2 <= config.max_steps  # the new turn and the solution
+
+    if draws[1] < config.p_wasted_probe and room():
+        plan.insert(int(draws[6] * (len(plan) + 1)), ("sql", meta.distractor_probe_sql, "wasted_probe"))
+        behaviours.append("wasted_probe")
+    if draws[2] < config.p_redundant_probe and plan and room():
+        plan.append(("sql", plan[-1][1], "redundant_probe"))
+        behaviours.append("redundant_probe")
+    if draws[3] < config.p_fail_repair and room():
+        probes = [i for i, step in enumerate(plan) if step[2] == "probe"]
+        if probes and draws[4] < 0.5:
+            at = probes[int(draws[6] * len(probes))]
+            failing = next(x.failing_probe_sql for x in lookups if x.probe_sql == plan[at][1])
+            plan.insert(at, ("sql", failing, "failing_probe"))
         else:
             plan.append(("sql", misspell(answer, *meta.misspelling), "failing_query"))
         behaviours.append("fail_repair")

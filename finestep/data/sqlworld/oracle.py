@@ -23,6 +23,9 @@ The rules, first match wins (``reason`` in brackets):
    step whose result shows the stored value in the probed column (a result column named like the probe's
    column with the stored value among its first ``shown_rows`` rows: what the agent is shown). The expert's
    ``SELECT DISTINCT column FROM table`` is one; a ``SELECT *`` that shows the value is another.
+   A hard-tier task (:attr:`TaskMeta.lookups`) has several facts to look up: a step is good when it is the
+   first to show at least one required fact not shown before (a value: its stored form in its column; a date
+   format or a unit: any value of its column, ``Lookup.witness`` is ``None``).
 8. A tool call whose result equals the gold result (the agent ran an answer before submitting it) is
    **neutral** [``answer_check``]: not needed, but what the ``progress`` process rule rewards; only when
    ``matches_gold`` is given.
@@ -62,6 +65,15 @@ class OracleLabel:
         return LABEL_VALUES[self.label]
 
 
+def _needs(meta: TaskMeta) -> list[tuple[str, str | None]]:
+    """``(column, value)`` per required fact: a result showing ``value`` in ``column`` (any value when ``None``)
+    reveals it."""
+    if meta.lookups:
+        return [(x.column.lower(), x.witness) for x in meta.lookups if x.required]
+    column = _probe_column(meta) if meta.probe_required else None
+    return [] if column is None or meta.stored_value is None else [(column, meta.stored_value)]
+
+
 def _probe_column(meta: TaskMeta) -> str | None:
     if not meta.probe_sql:
         return None
@@ -71,13 +83,17 @@ def _probe_column(meta: TaskMeta) -> str | None:
     return next(iter(refs.columns))
 
 
-def _shows_value(step: RewardStep, column: str, value: str, shown_rows: int) -> bool:
-    """Whether the step's result shows ``value`` in a column named ``column`` within its first rows."""
+def _shows_value(step: RewardStep, column: str, value: str | None, shown_rows: int) -> bool:
+    """Whether the step's result shows ``value`` (any non-NULL value when ``None``) in a column named ``column``
+    within its first rows."""
     result = step.result
     if result is None or not result.ok:
         return False
     where = [j for j, name in enumerate(result.columns) if name.lower() == column]
-    return any(str(row[j]) == value for row in result.rows[:shown_rows] for j in where if j < len(row))
+    return any(
+        row[j] is not None and (value is None or str(row[j]) == value)
+        for row in result.rows[:shown_rows] for j in where if j < len(row)
+    )  # fmt: skip
 
 
 def oracle_labels(
@@ -104,11 +120,10 @@ def oracle_labels(
     """
     if matches_gold is not None and len(matches_gold) != len(steps):
         raise ValueError(f"matches_gold has {len(matches_gold)} entries but there are {len(steps)} steps")
-    column = _probe_column(meta) if meta.probe_required else None
-    stored = meta.stored_value
+    needs = _needs(meta)
     forms: list[str | None] = [canonical_sql(s.sql) if s.sql else None for s in steps]
     unrepaired: list[int] = []  # failed tool calls not yet repaired
-    probe_seen = False
+    seen: set[int] = set()  # the needs already shown
     labels: list[OracleLabel] = []
     for t, step in enumerate(steps):
         label: OracleLabel
@@ -128,17 +143,19 @@ def oracle_labels(
                 k for k in unrepaired
                 if forms[k] != forms[t] and sql_similarity(step.sql, steps[k].sql or "") >= repair_similarity
             ]  # fmt: skip
-            shows = column is not None and stored is not None and _shows_value(step, column, stored, shown_rows)
+            shows = {
+                k for k, (column, value) in enumerate(needs) if _shows_value(step, column, value, shown_rows)
+            }
             if repaired:
                 label = OracleLabel("good", "repair")
                 unrepaired = [k for k in unrepaired if k not in repaired]
-            elif shows and not probe_seen:
+            elif shows - seen:
                 label = OracleLabel("good", "required_probe")
             elif matches_gold is not None and matches_gold[t]:
                 label = OracleLabel("neutral", "answer_check")
             else:
                 label = OracleLabel("bad", "unneeded")
-            probe_seen = probe_seen or shows
+            seen |= shows
         labels.append(label)
     return labels
 

@@ -22,13 +22,35 @@ from typing import Any
 from finestep.atomic import atomic_write_json
 from finestep.data.sqlworld.domains import DOMAINS, STYLES
 from finestep.data.sqlworld.generate import DbInstance, instantiate, write_database
+from finestep.data.sqlworld.hard import (
+    AGGREGATES,
+    HARD_TIER,
+    HardDb,
+    HardQuestion,
+    Lookup,
+    hard_domain,
+    hard_question,
+    harden,
+)
 from finestep.data.sqlworld.questions import TEMPLATES, Question, realize
 from finestep.data.task import Benchmark, DataError, Task, read_json
 
-__all__ = ["FORMAT_VERSION", "SPLITS", "TIERS", "TaskMeta", "World", "build_world", "load_world"]
+__all__ = [
+    "FORMAT_VERSION",
+    "SPLITS",
+    "TIERS",
+    "WORLD_TIERS",
+    "TaskMeta",
+    "World",
+    "build_world",
+    "load_world",
+]
 
 FORMAT_VERSION = 1
 TIERS = ("tier1", "tier2", "tier3")
+WORLD_TIERS = ("default", HARD_TIER)
+"""What a world's questions are like: ``default`` (tiers 1-3, 0 or 1 look-up each) or ``hard`` (three or four
+look-ups each, see :mod:`finestep.data.sqlworld.hard`)."""
 SPLITS = ("train", "valid", "heldout", "test")
 """``train``: training questions; ``valid`` and ``heldout``: new questions on the training databases (never
 trained on: ``valid`` to choose settings, ``heldout`` to report once); ``test``: questions on unseen databases."""
@@ -41,7 +63,8 @@ class TaskMeta:
 
     Attributes:
         task_id: the task.
-        tier: ``tier1`` (no probe needed), ``tier2`` (value probe), ``tier3`` (join + probe).
+        tier: ``tier1`` (no probe needed), ``tier2`` (value probe), ``tier3`` (join + probe), ``hard`` (several
+            look-ups: ``lookups``).
         template: the question template's name.
         domain: the database's domain; ``style``: how it stores categorical values.
         probe_sql: the query showing the stored values the question filters on (``None`` for tier1).
@@ -51,6 +74,9 @@ class TaskMeta:
         failing_sql: the gold SQL with one column misspelled (``misspelling``: ``(right, wrong)``); it errors.
         failing_probe_sql: the probe with its column misspelled (``None`` for tier1); it errors.
         distractor_probe_sql: a probe of a column the question does not need (a wasted tool call).
+        lookups: hard tier only: every fact the question needs from the data (tables as the joins reach them, the date last); the
+            single-probe fields above then describe the first one, ``probe_required`` says whether any is
+            required and ``skip_probe_sql`` is the answer written without any look-up.
     """
 
     task_id: str
@@ -67,11 +93,21 @@ class TaskMeta:
     misspelling: tuple[str, str]
     failing_probe_sql: str | None
     distractor_probe_sql: str
+    lookups: tuple[Lookup, ...] = ()
 
     @classmethod
     def from_dict(cls, entry: dict[str, Any]) -> TaskMeta:
-        """The inverse of :func:`dataclasses.asdict`."""
-        return cls(**{**entry, "misspelling": tuple(entry["misspelling"])})
+        """The inverse of :meth:`to_dict`."""
+        lookups = tuple(Lookup.from_dict(x) for x in entry.get("lookups", ()))
+        return cls(**{**entry, "misspelling": tuple(entry["misspelling"]), "lookups": lookups})
+
+    def to_dict(self) -> dict[str, Any]:
+        """:func:`dataclasses.asdict`, without ``lookups`` when there are none (so default worlds' files are
+        what they were before the hard tier)."""
+        entry = asdict(self)
+        if not self.lookups:
+            del entry["lookups"]
+        return entry
 
 
 @dataclass
@@ -85,6 +121,7 @@ class World:
         valid, heldout: new questions on the training databases (empty in worlds built without them).
         meta: task id -> :class:`TaskMeta`.
         databases: db_id -> ``{"split", "domain", "style", "path"}``.
+        tier: one of :data:`WORLD_TIERS`.
     """
 
     root: Path
@@ -95,6 +132,7 @@ class World:
     databases: dict[str, dict[str, str]] = field(default_factory=dict)
     valid: list[Task] = field(default_factory=list)
     heldout: list[Task] = field(default_factory=list)
+    tier: str = "default"
 
     def split(self, name: str) -> list[Task]:
         """The tasks of split ``name``, one of ``SPLITS``."""
@@ -139,6 +177,37 @@ def _questions(db: DbInstance, conn: sqlite3.Connection, n: int, rng: random.Ran
     return questions
 
 
+def _hard_questions(hard: HardDb, conn: sqlite3.Connection, n: int, rng: random.Random) -> list[HardQuestion]:
+    """``n`` verified hard questions with distinct texts, the aggregates cycling count, avg, list (a database
+    that cannot ask one kind asks a count instead)."""
+    questions: list[HardQuestion] = []
+    seen: set[str] = set()
+    for j in range(n):
+        aggregates = [AGGREGATES[j % len(AGGREGATES)], "count"]
+        for draw in range(_MAX_DRAWS):
+            question = hard_question(hard, conn, rng, aggregates[draw * 2 >= _MAX_DRAWS])
+            if question is not None and question.question not in seen:
+                break
+        else:
+            raise RuntimeError(f"{hard.db.db_id}: no valid hard question in {_MAX_DRAWS} draws")
+        seen.add(question.question)
+        questions.append(question)
+    return questions
+
+
+def _hard_task_entry(task_id: str, db_id: str, split: str, db: DbInstance, q: HardQuestion) -> dict[str, Any]:
+    first = q.lookups[0]
+    meta = TaskMeta(
+        task_id, HARD_TIER, q.template, db.domain, db.style, first.probe_sql, first.surface, first.stored,
+        any(x.required for x in q.lookups), q.skip_sql, q.failing_sql, q.misspelling, first.failing_probe_sql,
+        q.distractor_probe_sql, q.lookups,
+    )  # fmt: skip
+    return {
+        "id": task_id, "db_id": db_id, "split": split, "question": q.question, "gold_sql": q.gold_sql,
+        "difficulty": HARD_TIER, "evidence": "", "meta": meta.to_dict(),
+    }  # fmt: skip
+
+
 def _task_entry(task_id: str, db_id: str, split: str, db: DbInstance, q: Question) -> dict[str, Any]:
     probe = q.probe
     meta = TaskMeta(
@@ -148,7 +217,7 @@ def _task_entry(task_id: str, db_id: str, split: str, db: DbInstance, q: Questio
     )  # fmt: skip
     return {
         "id": task_id, "db_id": db_id, "split": split, "question": q.question, "gold_sql": q.gold_sql,
-        "difficulty": q.tier, "evidence": "", "meta": asdict(meta),
+        "difficulty": q.tier, "evidence": "", "meta": meta.to_dict(),
     }  # fmt: skip
 
 
@@ -181,6 +250,7 @@ def build_world(
     questions_per_db: int = 12,
     valid_per_db: int = 0,
     heldout_per_db: int = 0,
+    tier: str = "default",
 ) -> World:
     """Generate a world into ``out_dir`` (replacing one that is there) and load it.
 
@@ -188,10 +258,18 @@ def build_world(
     Each database has ``questions_per_db`` tasks, the tiers in turn; each training database has
     ``valid_per_db + heldout_per_db`` more (distinct texts), in the ``valid`` and ``heldout`` splits. The first
     ``questions_per_db`` questions of a database do not depend on the extra counts.
+
+    ``tier`` (one of :data:`WORLD_TIERS`): ``default`` gives tiers 1-3 (exactly the worlds built before the
+    option existed); ``hard`` gives hardened databases and long-horizon questions only (three or four look-ups
+    each, :mod:`finestep.data.sqlworld.hard`), recorded in ``world.json`` as ``params.tier``.
     """
+    if tier not in WORLD_TIERS:
+        raise ValueError(f"build_world: unknown tier {tier!r}; expected one of {', '.join(WORLD_TIERS)}")
     if n_train_dbs < 1 or n_test_dbs < 0 or questions_per_db < 1 or valid_per_db < 0 or heldout_per_db < 0:
-        raise ValueError("build_world needs n_train_dbs >= 1, n_test_dbs >= 0, questions_per_db >= 1 and "
-                         "valid_per_db, heldout_per_db >= 0")
+        raise ValueError(
+            "build_world needs n_train_dbs >= 1, n_test_dbs >= 0, questions_per_db >= 1 and "
+            "valid_per_db, heldout_per_db >= 0"
+        )
     out_dir = Path(out_dir).absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -202,22 +280,34 @@ def build_world(
         databases, tasks = [], []
         for k, (db_id, split, domain, style) in enumerate(_plan(seed, n_train_dbs, n_test_dbs)):
             rng = random.Random(f"sqlworld:{seed}:{db_id}")
-            db = instantiate(db_id, domains[domain], style, rng)
+            hard = None
+            if tier == HARD_TIER:
+                hard = harden(instantiate(db_id, hard_domain(domains[domain]), "plain", rng), rng)
+                db, style = hard.db, hard.db.style
+            else:
+                db = instantiate(db_id, domains[domain], style, rng)
             path = write_database(tmp / "databases" / f"{db_id}.sqlite", db)
             task_splits = [split] * questions_per_db
             if split == "train":
                 task_splits += _extra_splits(k, valid_per_db, heldout_per_db)
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
-                questions = _questions(db, conn, len(task_splits), rng)
+                if hard is not None:
+                    hard_qs = _hard_questions(hard, conn, len(task_splits), rng)
+                    tasks += [_hard_task_entry(f"{db_id}-q{j:02d}", db_id, s, db, q)
+                              for j, (s, q) in enumerate(zip(task_splits, hard_qs))]  # fmt: skip
+                else:
+                    questions = _questions(db, conn, len(task_splits), rng)
+                    tasks += [_task_entry(f"{db_id}-q{j:02d}", db_id, s, db, q)
+                              for j, (s, q) in enumerate(zip(task_splits, questions))]  # fmt: skip
             finally:
                 conn.close()
             rel = f"databases/{db_id}.sqlite"
             databases.append({"db_id": db_id, "split": split, "domain": domain, "style": style, "path": rel})
-            tasks += [_task_entry(f"{db_id}-q{j:02d}", db_id, s, db, q)
-                      for j, (s, q) in enumerate(zip(task_splits, questions))]  # fmt: skip
         params = {"n_train_dbs": n_train_dbs, "n_test_dbs": n_test_dbs, "questions_per_db": questions_per_db,
                   "valid_per_db": valid_per_db, "heldout_per_db": heldout_per_db}  # fmt: skip
+        if tier != "default":
+            params["tier"] = tier  # default worlds' files stay as they were
         doc = {"format": "sqlworld", "version": FORMAT_VERSION, "seed": seed, "params": params,
                "databases": databases, "tasks": tasks}  # fmt: skip
         atomic_write_json(tmp / "world.json", doc)
@@ -257,5 +347,15 @@ def load_world(out_dir: Path | str) -> World:
         tasks.append(Task(entry["id"], len(tasks), entry["question"], entry["db_id"], db_path, entry["gold_sql"],
                           entry.get("evidence", ""), entry["difficulty"]))  # fmt: skip
         meta[entry["id"]] = TaskMeta.from_dict(entry["meta"])
-    return World(root, int(doc["seed"]), splits["train"], splits["test"], meta, databases, splits["valid"],
-                 splits["heldout"])
+    tier = doc.get("params", {}).get("tier", "default")
+    return World(
+        root,
+        int(doc["seed"]),
+        splits["train"],
+        splits["test"],
+        meta,
+        databases,
+        splits["valid"],
+        splits["heldout"],
+        tier,
+    )
