@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-import finestep.sql.workers as workers
 from finestep.agent.rollout import RolloutConfig, prompt_ids
+from finestep.sql import workers
 from finestep.sql.engine import SandboxLimits
 from finestep.sql.executor import SqlSandbox, shared_sandbox, worker_starts
 from finestep.sql.workers import MAX_START_FAILURES, WorkerPool, WorkerStartError
