@@ -56,7 +56,46 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "credit_quality.json"
 DEFAULT_CONFIG = ROOT / "configs" / "sqlworld-tiny.yaml"
 LATER_IS_BETTER = "later_is_better"  # the position-only reference: A = -(steps after this one)
+BASELINES = ("grpo", "grpo_shaped", "rloo", "gigpo", "ps_grpo")
 COLUMNS = ("auc_group", "auc_within", "bad_positive_share", "auc_group_tool_calls", "auc_within_tool_calls")
+
+
+# Candidate settings of FineStep's rewards and credit (issue 19), measured before any RL run: each re-scores the
+# same episodes with its rewards.* overrides (every estimator sees those rewards) and gives its credit.*
+# overrides to the `finestep` variant only (the baselines and ablations keep their own settings).
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "executes_ok=0": ("rewards.process.executes_ok=0",),
+    "reveals_gold": ("rewards.process.reveals_gold=0.3",),
+    "reveals_gold+executes_ok=0": ("rewards.process.reveals_gold=0.3", "rewards.process.executes_ok=0"),
+    "reveals_gold+executes_ok=0+lam=1": ("rewards.process.reveals_gold=0.3", "rewards.process.executes_ok=0",
+                                         "credit.lam=1.0"),
+    "reveals_gold+executes_ok=0+gamma_p=0": ("rewards.process.reveals_gold=0.3", "rewards.process.executes_ok=0",
+                                             "credit.gamma_p=0"),
+    "reveals_gold+executes_ok=0+beta=0": ("rewards.process.reveals_gold=0.3", "rewards.process.executes_ok=0",
+                                          "credit.beta=0"),
+    "reveals_gold+executes_ok=0+v1": ("rewards.process.reveals_gold=0.3", "rewards.process.executes_ok=0",
+                                      "credit.outcome_norm=steps", "credit.process_scale=group"),
+    "equal=batch": ("credit.equal_outcome=batch",),
+    "uncentred": ("credit.process_center=false",),
+    "equal=batch+uncentred": ("credit.equal_outcome=batch", "credit.process_center=false"),
+    "reveals_gold+executes_ok=0+equal=batch": ("rewards.process.reveals_gold=0.3", "rewards.process.executes_ok=0",
+                                               "credit.equal_outcome=batch"),
+    "reveals_gold+executes_ok=0+uncentred": ("rewards.process.reveals_gold=0.3", "rewards.process.executes_ok=0",
+                                             "credit.process_center=false"),
+    "reveals_gold+executes_ok=0+equal=batch+uncentred": (
+        "rewards.process.reveals_gold=0.3", "rewards.process.executes_ok=0", "credit.equal_outcome=batch",
+        "credit.process_center=false"),
+    "reveals_gold+repairs+executes_ok=0+equal=batch+uncentred": (
+        "rewards.process.reveals_gold=0.3", "rewards.process.repairs=0.3", "rewards.process.executes_ok=0",
+        "credit.equal_outcome=batch", "credit.process_center=false"),
+    "reveals_gold+repairs+executes_ok=0+equal=batch+uncentred+beta=0": (
+        "rewards.process.reveals_gold=0.3", "rewards.process.repairs=0.3", "rewards.process.executes_ok=0",
+        "credit.equal_outcome=batch", "credit.process_center=false", "credit.beta=0"),
+    "reveals_gold+repairs+executes_ok=0+equal=batch+uncentred+lam=1": (
+        "rewards.process.reveals_gold=0.3", "rewards.process.repairs=0.3", "rewards.process.executes_ok=0",
+        "credit.equal_outcome=batch", "credit.process_center=false", "credit.lam=1.0"),
+}  # fmt: skip
 
 
 def credit_variants() -> dict[str, CreditConfig]:
@@ -265,7 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-tasks", type=int, default=4, help="tasks per StepBatch (an RL step's batch)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the task sample, the expert and sampling")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON result file")
+    parser.add_argument("--candidates", default="default",
+                        help=f"comma-separated candidate settings to measure, or 'all' ({', '.join(CANDIDATES)}); "
+                        "the first is the one reported at the top level")  # fmt: skip
     args = parser.parse_args(argv)
+    candidates = list(CANDIDATES) if args.candidates == "all" else [c.strip() for c in args.candidates.split(",")]
+    unknown = [c for c in candidates if c not in CANDIDATES]
+    if not candidates or unknown:
+        parser.error(f"--candidates: unknown {unknown}; choose from {list(CANDIDATES)} or 'all'")
     if min(args.tasks, args.group_size, args.batch_tasks, args.world_dbs) < 1:
         parser.error("--tasks, --group-size, --batch-tasks and --world-dbs must be >= 1")
 
@@ -293,25 +339,26 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"sampling {len(tasks)} x {args.group_size} episodes from {args.model}")
             sampled["model"] = model_rollout(args.model, tasks, rollout_config, sandbox, args.seed, args.batch_tasks)
         batch_size = args.batch_tasks * args.group_size
-        steps = {
-            name: credit_source(trajs, world, sandbox, train_config.rewards, variants, batch_size,
-                                rollout_config.observation_rows)
-            for name, trajs in sampled.items()
-        }  # fmt: skip
-    by_source = {name: quality(source) for name, source in steps.items()}
-    if len(steps) > 1:
-        pooled = SourceSteps()
-        for source in steps.values():
-            pooled.extend(source, _n_keys(pooled.groups), _n_keys(pooled.trajs))
-        top = quality(pooled)
-    else:
-        top = next(iter(by_source.values()))
+        measured = {}
+        for candidate in candidates:
+            config = load_train_config(args.config, [*overrides, *CANDIDATES[candidate]])
+            chosen = {**variants, "finestep": config.credit.with_overrides(estimator="finestep")}
+            steps = {
+                name: credit_source(trajs, world, sandbox, config.rewards, chosen, batch_size,
+                                    rollout_config.observation_rows)
+                for name, trajs in sampled.items()
+            }  # fmt: skip
+            measured[candidate] = _summarize(steps)
+    by_source, top = measured[candidates[0]]
     result = {
         "benchmark": "credit_quality",
         "estimators": top["estimators"],
         **{k: v for k, v in top.items() if k != "estimators"},
-        "pooled_over": list(steps),
+        "pooled_over": list(sampled),
         "by_source": by_source,
+        "candidates": {name: {"overrides": list(CANDIDATES[name]), "estimators": pooled["estimators"],
+                              "by_source": {k: v["estimators"] for k, v in sources.items()}}
+                       for name, (sources, pooled) in measured.items()},
         "variants": {name: {f.name: getattr(c, f.name) for f in fields(c)} for name, c in variants.items()},
         "tasks": len(tasks),
         "group_size": args.group_size,
@@ -327,10 +374,46 @@ def main(argv: list[str] | None = None) -> int:
     for name, res in by_source.items():
         console.print(_table(f"{name}: {res['n_labelled']} labelled steps of {res['n_trajectories']} episodes "
                              f"(EX {res['ex']}%)", res))  # fmt: skip
-    if len(steps) > 1:
+    if len(sampled) > 1:
         console.print(_table(f"pooled: {top['n_labelled']} labelled steps", top))
+    if len(candidates) > 1:
+        console.print(_candidate_table(measured, list(sampled)))
     console.print(f"wrote {args.out}")
     return 0
+
+
+def _summarize(steps: dict[str, SourceSteps]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Quality per source, and pooled over the sources (the one source's when there is one)."""
+    by_source = {name: quality(source) for name, source in steps.items()}
+    if len(steps) == 1:
+        return by_source, next(iter(by_source.values()))
+    pooled = SourceSteps()
+    for source in steps.values():
+        pooled.extend(source, _n_keys(pooled.groups), _n_keys(pooled.trajs))
+    return by_source, quality(pooled)
+
+
+def _candidate_table(measured: dict[str, tuple[dict[str, Any], dict[str, Any]]], sources: list[str]) -> Any:
+    """Per candidate and source: FineStep's auc_group / auc_within / bad_positive_share, the best baseline's
+    AUCs (grpo, grpo_shaped, rloo, gigpo, ps_grpo under the candidate's rewards) and GRPO's bad share."""
+    from rich.table import Table
+
+    table = Table(title="candidates: finestep against the best baseline (auc_group / auc_within)")
+    for col in ("candidate", "source", "finestep", "bad+", "best baseline", "grpo bad+", "beats all"):
+        table.add_column(col, justify="left" if col in ("candidate", "source") else "right")
+    for name, (by_source, _) in measured.items():
+        for source in sources:
+            rows = by_source[source]["estimators"]
+            fs = rows["finestep"]
+            base = {k: rows[k] for k in BASELINES if k in rows}
+            best_g = max((r["auc_group"] or 0) for r in base.values())
+            best_w = max((r["auc_within"] or 0) for r in base.values())
+            beats = ((fs["auc_group"] or 0) > best_g and (fs["auc_within"] or 0) > best_w
+                     and (fs["bad_positive_share"] or 0) <= (rows["grpo"]["bad_positive_share"] or 0) + 0.05)  # fmt: skip
+            table.add_row(name, source, f"{fs['auc_group']:.3f} / {fs['auc_within']:.3f}",
+                          f"{fs['bad_positive_share']:.3f}", f"{best_g:.3f} / {best_w:.3f}",
+                          f"{rows['grpo']['bad_positive_share']:.3f}", "yes" if beats else "no")  # fmt: skip
+    return table
 
 
 def _shown(path: Path) -> str:

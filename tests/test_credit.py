@@ -25,7 +25,7 @@ from finestep.credit import (
     history_anchors,
     register_estimator,
 )
-from finestep.credit.config import OUTCOME_NORMS, PROCESS_SCALES
+from finestep.credit.config import EQUAL_OUTCOMES, OUTCOME_NORMS, PROCESS_SCALES
 from finestep.credit.ops import NORMALIZE_MODES, group_center, pooled_std
 from finestep.credit.reference import reference_advantages
 
@@ -90,6 +90,7 @@ configs = st.builds(
     normalize=st.sampled_from(NORMALIZE_MODES),
     outcome_norm=st.sampled_from(OUTCOME_NORMS), process_scale=st.sampled_from(PROCESS_SCALES),
     per_step_index_norm=st.booleans(), use_process=st.booleans(), process_internal_only=st.booleans(),
+    equal_outcome=st.sampled_from(EQUAL_OUTCOMES), process_center=st.booleans(),
 )
 
 
@@ -566,18 +567,52 @@ def test_finestep_v2_outcome_is_grpo_exactly(batch, normalize, process_scale):
 @SETTINGS
 @given(batch=batches(), config=configs, normalize=st.sampled_from(["group", "center"]))
 def test_finestep_v2_equal_outcomes_give_zero_outcome_advantage(batch, config, normalize):
-    out = compute_advantages(batch, config.with_overrides(outcome_norm="trajectory", normalize=normalize))
+    out = compute_advantages(batch, config.with_overrides(outcome_norm="trajectory", normalize=normalize,
+                                                          equal_outcome="zero"))  # fmt: skip
     for g in range(batch.n_groups):
         members = batch.group_index == g
         if np.ptp(batch.outcome[members]) == 0.0:
             assert np.all(out.outcome_advantage[members[batch.traj]] == 0.0)
 
 
+def test_equal_outcome_batch_credits_only_the_solutions_of_equal_groups_by_hand():
+    # q1: both right (equal), q2: right and wrong. Batch R = 1, 1, 1, 0: mean 0.75, sample std 0.5.
+    b = StepBatch.from_lists(
+        groups=["q1", "q1", "q2", "q2"], outcomes=[1, 1, 1, 0],
+        process_rewards=[[0.0, 0.0], [0.0], [0.0], [0.0, 0.0]],
+        is_solution=[[False, True], [True], [True], [False, True]],
+    )  # fmt: skip
+    zero = compute_advantages(b, CreditConfig(lam=0.0))
+    batch = compute_advantages(b, CreditConfig(lam=0.0, equal_outcome="batch"))
+    relative = (1 - 0.75) / (0.5 + 1e-6)
+    # q1's probe keeps A^O = 0; its two solutions get (1 - 0.75) / 0.5; q2 (mixed) is unchanged
+    np.testing.assert_allclose(batch.outcome_advantage[:3], [0.0, relative, relative])
+    np.testing.assert_allclose(zero.outcome_advantage[:3], [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(batch.outcome_advantage[3:], zero.outcome_advantage[3:])
+
+
+def test_uncentred_process_term_keeps_the_rules_signs_by_hand():
+    # one group, internal steps with P~ = r (gamma_p = 0, beta = 0): -0.3, 0.0, -0.2 (solutions excluded)
+    b = StepBatch.from_lists(
+        groups=["q", "q"], outcomes=[1, 1],
+        process_rewards=[[-0.3, 0.0, 0.0], [-0.2, 0.0]],
+        is_solution=[[False, False, True], [False, True]],
+    )  # fmt: skip
+    config = CreditConfig(gamma_p=0.0, beta=0.0, process_center=False)
+    values = np.array([-0.3, 0.0, -0.2])
+    dev = values - values.mean()
+    std = np.sqrt(np.dot(dev, dev) / (3 * (2 - 1) / 2))  # Bessel's correction counted in 2 trajectories
+    out = compute_advantages(b, config).process_advantage
+    np.testing.assert_allclose(out, [-0.3 / (std + 1e-6), 0.0, 0.0, -0.2 / (std + 1e-6), 0.0])
+    centred = compute_advantages(b, config.with_overrides(process_center=True)).process_advantage
+    assert centred[1] > 0.0  # centring makes the step no rule fired on look good: what the switch removes
+
+
 @SETTINGS
 @given(batch=batches(min_steps=1), config=configs)
 def test_finestep_v2_process_scale_is_one_number_for_the_batch(batch, config):
     # process_scale = batch divides the centred returns (process_scale = none) of every group by one scalar.
-    config = config.with_overrides(normalize="group")
+    config = config.with_overrides(normalize="group", process_center=True)
     scaled = compute_advantages(batch, config.with_overrides(process_scale="batch")).process_advantage
     centred = compute_advantages(batch, config.with_overrides(process_scale="none")).process_advantage
     assert np.all(scaled[centred == 0.0] == 0.0)

@@ -62,13 +62,41 @@ def test_every_rule_on_a_hand_written_trajectory(db: Path) -> None:
         ("solution", "SELECT nme FROM player"),  # the solution gets only `format`
     )
     table = rewards(db, steps)
-    assert table[0] == {"executes": 0.1, "redundant": 0.0, "grounded": 0.0, "progress": 0.0, "format": 0.0}
-    assert table[1] == {"executes": -0.2, "redundant": 0.0, "grounded": -0.2, "progress": 0.0, "format": 0.0}
-    assert table[2] == {"executes": 0.1, "redundant": -0.3, "grounded": 0.0, "progress": 0.0, "format": 0.0}
-    assert table[3] == {"executes": 0.1, "redundant": 0.0, "grounded": 0.0, "progress": 0.2, "format": 0.0}
+    off = {"reveals_gold": 0.0, "repairs": 0.0}  # off by default (values 0)
+    assert table[0] == {"executes": 0.1, "redundant": 0.0, "grounded": 0.0, "progress": 0.0, "format": 0.0, **off}
+    assert table[1] == {"executes": -0.2, "redundant": 0.0, "grounded": -0.2, "progress": 0.0, "format": 0.0, **off}
+    assert table[2] == {"executes": 0.1, "redundant": -0.3, "grounded": 0.0, "progress": 0.0, "format": 0.0, **off}
+    assert table[3] == {"executes": 0.1, "redundant": 0.0, "grounded": 0.0, "progress": 0.2, "format": 0.0, **off}
     assert table[4]["progress"] == 0.0
-    assert table[5] == {"executes": 0.0, "redundant": 0.0, "grounded": 0.0, "progress": 0.0, "format": -0.5}
+    assert table[5] == {"executes": 0.0, "redundant": 0.0, "grounded": 0.0, "progress": 0.0, "format": -0.5, **off}
     assert table[6] == dict.fromkeys(table[6], 0.0)
+
+
+def test_reveals_gold_credits_the_first_look_up_of_a_value_the_question_does_not_spell(db: Path) -> None:
+    gold = "SELECT name FROM player WHERE team_id IN (SELECT id FROM team WHERE city = 'Rome')"
+    steps = run(
+        db,
+        ("sql", "SELECT name FROM team"),  # shows team names, not the city
+        ("sql", "SELECT city FROM team"),  # the first to show 'Rome'
+        ("sql", "SELECT DISTINCT city FROM team"),  # shows it again: nothing new
+        ("sql", "SELECT nme FROM team"),  # fails
+        ("sql", "SELECT name, city FROM team"),  # runs, a near-edit of the failed query: a repair
+        ("solution", gold),
+    )
+    config = ProcessConfig(reveals_gold=0.3, repairs=0.2)
+
+    def table(question: str) -> list[dict[str, float]]:
+        return process_rewards(steps, config, schema_columns(db), execute(db, gold).rows, gold, context_text=question)
+
+    shown = table("Which players play for the team of the Italian capital?")
+    assert [row["reveals_gold"] for row in shown] == [0.0, 0.3, 0.0, 0.0, 0.0, 0.0]
+    assert [row["repairs"] for row in shown] == [0.0, 0.0, 0.0, 0.0, 0.2, 0.0]
+    # a value the question writes out needs no look-up
+    assert all(row["reveals_gold"] == 0.0 for row in table("Which players play for the team of Rome?"))
+    # a LIKE pattern is revealed by any value of its shape ('R_m%': R, one character, m, anything)
+    like = "SELECT count(*) FROM team WHERE city LIKE 'R_m%'"
+    values = process_rewards(steps, config, None, execute(db, like).rows, like, context_text="?")
+    assert [row["reveals_gold"] for row in values] == [0.0, 0.3, 0.0, 0.0, 0.0, 0.0]
 
 
 def test_timeout_and_weights(db: Path) -> None:
@@ -138,7 +166,8 @@ def test_spider_missing_column_and_repeat(spider: Path) -> None:
     assert [t["redundant"] for t in table] == [0.0, -0.3]
     missing = RewardStep("sql", "SELECT nationality FROM singer", execute(db, "SELECT nationality FROM singer"))
     assert process_rewards([missing], ProcessConfig(), schema_columns(db))[0] == {
-        "executes": -0.2, "redundant": 0.0, "grounded": -0.2, "progress": 0.0, "format": 0.0
+        "executes": -0.2, "redundant": 0.0, "grounded": -0.2, "progress": 0.0, "format": 0.0, "reveals_gold": 0.0,
+        "repairs": 0.0,
     }  # fmt: skip
 
 

@@ -12,12 +12,13 @@ from typing import Any
 
 from finestep.credit.ops import NORMALIZE_MODES
 
-__all__ = ["ABLATIONS", "OUTCOME_NORMS", "PROCESS_SCALES", "CreditConfig"]
+__all__ = ["ABLATIONS", "EQUAL_OUTCOMES", "OUTCOME_NORMS", "PROCESS_SCALES", "CreditConfig"]
 
 #: finestep's outcome term: ``trajectory`` (version 2) or ``steps`` (version 1).
 OUTCOME_NORMS = ("trajectory", "steps")
 #: finestep's process scale: ``batch`` (version 2), ``group`` (version 1) or ``none`` (centred returns).
 PROCESS_SCALES = ("batch", "group", "none")
+EQUAL_OUTCOMES = ("zero", "batch")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,17 @@ class CreditConfig:
         default="batch",
         metadata={"help": "finestep A^P: the group-centred P~ divided by batch (v2): its std over the live steps "
                           "of the whole batch; group (v1): the group's own std; none: not divided"},
+    )
+    equal_outcome: str = field(
+        default="zero",
+        metadata={"help": "finestep v2, a group whose outcomes are all equal: zero: every step gets A^O = 0 "
+                          "(GRPO's a_i); batch: its solution steps get (R - mean) / (std + eps) over the batch's "
+                          "trajectories (a right answer is pushed up, a wrong one down), its other steps A^O = 0"},
+    )
+    process_center: bool = field(
+        default=True,
+        metadata={"help": "finestep v2 A^P: True: P~ centred per group, then scaled; False: P~ scaled as is, "
+                          "so a step no rule fires on gets 0 and the rules' signs are kept"},
     )
     per_step_index_norm: bool = field(
         default=False,
@@ -85,6 +97,8 @@ class CreditConfig:
             raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
         if self.outcome_norm not in OUTCOME_NORMS:
             raise ValueError(f"outcome_norm must be one of {OUTCOME_NORMS}, got {self.outcome_norm!r}")
+        if self.equal_outcome not in EQUAL_OUTCOMES:
+            raise ValueError(f"equal_outcome must be one of {EQUAL_OUTCOMES}, got {self.equal_outcome!r}")
         if self.process_scale not in PROCESS_SCALES:
             raise ValueError(f"process_scale must be one of {PROCESS_SCALES}, got {self.process_scale!r}")
 

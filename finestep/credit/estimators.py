@@ -178,7 +178,26 @@ def _outcome_advantage(batch: StepBatch, O: np.ndarray, config: CreditConfig) ->
     if config.outcome_norm == "steps" or config.normalize == "none":
         return _normalize_steps(O, batch, np.ones(batch.n_steps, dtype=bool), config)
     a = group_normalize(batch.outcome, batch.group_index, batch.n_groups, mode=config.normalize, eps=config.eps)
-    return config.gamma_o ** batch.remaining.astype(np.float64) * a[batch.traj]
+    A_O = config.gamma_o ** batch.remaining.astype(np.float64) * a[batch.traj]
+    if config.equal_outcome == "batch" and batch.n_traj:
+        return _equal_groups_solution(batch, A_O, config)
+    return A_O
+
+
+def _equal_groups_solution(batch: StepBatch, A_O: np.ndarray, config: CreditConfig) -> np.ndarray:
+    """(S,) ``A_O`` with the solution steps of groups whose outcomes are all equal given the batch-relative
+    outcome ``(R_i - mean R) / (std R + eps)`` (sample std over the batch's trajectories; 0 if it is 0)."""
+    R = batch.outcome
+    low = np.full(batch.n_groups, np.inf)
+    high = np.full(batch.n_groups, -np.inf)
+    np.minimum.at(low, batch.group_index, R)
+    np.maximum.at(high, batch.group_index, R)
+    std = pooled_std(R, np.arange(batch.n_traj))
+    relative = (R - R.mean()) / (std + config.eps) if std > 0 else np.zeros_like(R)
+    chosen = batch.is_solution & (low == high)[batch.step_group]
+    out = A_O.copy()
+    out[chosen] = relative[batch.traj[chosen]]
+    return out
 
 
 def _process_advantage(
@@ -195,6 +214,13 @@ def _process_advantage(
         return _normalize_steps(P_smooth, batch, selected, config)
     out = np.zeros(batch.n_steps, dtype=np.float64)
     if not selected.any():
+        return out
+    if not config.process_center:  # the rules' signs kept: scaled by the batch's spread of P~ alone
+        values = P_smooth[selected]
+        if config.normalize == "group" and config.process_scale == "batch":
+            std = pooled_std(values, batch.traj[selected])
+            values = values / (std + config.eps) if std > 0.0 else np.zeros_like(values)
+        out[selected] = values
         return out
     ids, n_ids, sources = _step_buckets(batch, selected, config)
     centred, live = group_center(P_smooth[selected], ids, n_ids, n_sources=sources)

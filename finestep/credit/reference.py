@@ -97,7 +97,15 @@ def _centre_or_none(values: list[float], sources: list[int]) -> list[float] | No
 
 
 def _ref_process_v2(p_buckets: dict, config: CreditConfig, A_P: dict[int, float]) -> None:
-    """Version 2 process term: centre each bucket, divide by the std of the live centred values of the batch."""
+    """Version 2 process term: centre each bucket, divide by the std of the live centred values of the batch
+    (``process_center=False``: the values as they are, divided by their std over the batch)."""
+    if not config.process_center:
+        items = [item for bucket in p_buckets.values() for item in bucket]
+        scale = config.normalize == "group" and config.process_scale == "batch"
+        std = _sample_std([v for _, _, v in items], len({i for _, i, _ in items})) if scale else 1.0
+        for s, _, v in items:
+            A_P[s] = (v / (std + config.eps) if std > 0 else 0.0) if scale else v
+        return
     live: list[tuple[int, int, float]] = []  # (flat step, trajectory, centred value) of non-degenerate buckets
     for items in p_buckets.values():
         centred = _centre_or_none([v for _, _, v in items], [i for _, i, _ in items])
@@ -116,6 +124,16 @@ def _ref_process_v2(p_buckets: dict, config: CreditConfig, A_P: dict[int, float]
             std = 0.0
     for s, c in list(A_P.items()):
         A_P[s] = c / (std + config.eps) if std > 0 else 0.0
+
+
+def _sample_std(values: list[float], k: int) -> float:
+    """Sample std, Bessel's correction counted in ``k`` trajectories; 0.0 when degenerate."""
+    n = len(values)
+    if n < 2 or k < 2:
+        return 0.0
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n * (k - 1) / k))
+    return 0.0 if std <= ZERO_SPREAD_RTOL * (1 + abs(mean)) else std
 
 
 def ref_finestep(batch: StepBatch, config: CreditConfig) -> np.ndarray:
@@ -140,6 +158,10 @@ def ref_finestep(batch: StepBatch, config: CreditConfig) -> np.ndarray:
     A_O: dict[int, float] = {}
     A_P: dict[int, float] = {}
     p_all: dict = {}
+    outcomes = [tr["R"] for tr in trajs]
+    std_R = _sample_std(outcomes, len(outcomes))
+    mean_R = sum(outcomes) / len(outcomes) if outcomes else 0.0
+    batch_relative = [(R - mean_R) / (std_R + config.eps) if std_R > 0 else 0.0 for R in outcomes]
     for g, members in _by_group(trajs).items():
         o_buckets: dict = {}
         p_buckets: dict = {}
@@ -153,10 +175,13 @@ def ref_finestep(batch: StepBatch, config: CreditConfig) -> np.ndarray:
             _normalize_buckets(o_buckets, config.normalize, config.eps, A_O)
         else:  # GRPO's a_i over every trajectory of the group (zero-step ones too), discounted per step
             a = _normalize([trajs[i]["R"] for i in members], members, config.normalize, config.eps)
+            equal = len({trajs[i]["R"] for i in members}) == 1
             for i, a_i in zip(members, a):
                 T = len(trajs[i]["steps"])
                 for t, s in enumerate(trajs[i]["steps"]):
                     A_O[s] = config.gamma_o ** (T - 1 - t) * a_i
+                    if equal and config.equal_outcome == "batch" and trajs[i]["sol"][t]:
+                        A_O[s] = batch_relative[i]
         if v1_process:
             _normalize_buckets(p_buckets, config.normalize, config.eps, A_P)
         else:

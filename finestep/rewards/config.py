@@ -39,6 +39,12 @@ class ProcessConfig:
     ungrounded: float = option(-0.2, help="grounded: the SQL names a table or column that does not exist")
     progress: float = option(0.2, help="progress: the result equals the gold result for the first time")
     format: float = option(-0.5, help="format: no action, several actions or broken tags")
+    reveals_gold: float = option(0.0, help="reveals_gold: the first tool call whose result shows a value the gold "
+                                 "query needs and the question does not spell out (0: off)")  # fmt: skip
+    repairs: float = option(0.0, help="repairs: a tool call that runs and is a near-edit of an earlier failed one "
+                            "(0: off)")  # fmt: skip
+    repair_similarity: float = option(0.6, help="repairs: token similarity to the failed query that makes a repair")
+    shown_rows: int = option(10, help="reveals_gold: rows of a result the agent is shown (rollout.observation_rows)")
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.weights) - set(rule_names()))

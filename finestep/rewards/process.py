@@ -7,13 +7,16 @@ two forms of a rule); its values are ``ProcessConfig`` fields and its weight is 
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from finestep.data.steps import RewardStep
 from finestep.rewards.config import ProcessConfig
+from finestep.rewards.links import observation_values
 from finestep.rewards.rules import PROCESS_RULES, RuleContext, register_rule
-from finestep.sql.analysis import canonical_sql, query_references
+from finestep.sql.analysis import canonical_sql, query_literals, query_references, sql_similarity
 from finestep.sql.compare import results_match
 from finestep.sql.executor import ErrorKind
 
@@ -106,6 +109,61 @@ def format_rule(t: int, ctx: RuleContext, cfg: ProcessConfig) -> float:
     return cfg.format if step.kind == "none" or step.format_error is not None else 0.0
 
 
+@functools.lru_cache(maxsize=4096)
+def _needed_literals(gold_sql: str, context_text: str) -> tuple[re.Pattern[str], ...]:
+    """The gold query's string literals that the question and evidence do not spell out, as patterns a shown
+    value must match: the literal itself, or for a ``LIKE`` pattern its shape (digits stand for any digit,
+    ``%`` and ``_`` for any text), so that any date written like ``'2023/05/%'`` shows the format."""
+    patterns = []
+    for literal in sorted(query_literals(gold_sql)):
+        if not literal.strip("%_") or literal in context_text or literal.replace(".", "", 1).lstrip("-").isdigit():
+            continue  # numbers are thresholds the question states; a value the question names needs no look-up
+        if "%" in literal or "_" in literal:
+            shape = "".join(r"\d" if c.isdigit() else ".*" if c == "%" else "." if c == "_" else re.escape(c)
+                            for c in literal)  # fmt: skip
+            patterns.append(re.compile(shape, re.DOTALL))
+        else:
+            patterns.append(re.compile(re.escape(literal)))
+    return tuple(patterns)
+
+
+def _revealed(step: RewardStep, patterns: Sequence[re.Pattern[str]], rows: int) -> set[int]:
+    shown = observation_values(step, rows)
+    return {i for i, pattern in enumerate(patterns) if any(pattern.fullmatch(value) for value in shown)}
+
+
+@register_rule("reveals_gold", values=lambda c: (c.reveals_gold,))
+def reveals_gold(t: int, ctx: RuleContext, cfg: ProcessConfig) -> float:
+    """A tool call whose result is the first to show a value the gold query needs and the question does not
+    spell out (a coded value, a stored spelling, a date format): the look-up the answer depends on. Gold SQL is
+    known wherever training is (Spider, BIRD, SQLWorld); off by default (``reveals_gold = 0``)."""
+    if cfg.reveals_gold == 0.0 or ctx.steps[t].kind != "sql" or not ctx.gold_sql:
+        return 0.0
+    patterns = _needed_literals(ctx.gold_sql, ctx.context_text)
+    now = _revealed(ctx.steps[t], patterns, cfg.shown_rows) if patterns else set()
+    if not now:
+        return 0.0
+    before = set().union(*(_revealed(ctx.steps[k], patterns, cfg.shown_rows) for k in range(t)))
+    return cfg.reveals_gold if now - before else 0.0
+
+
+@register_rule("repairs", values=lambda c: (c.repairs,))
+def repairs(t: int, ctx: RuleContext, cfg: ProcessConfig) -> float:
+    """A tool call that runs and is a near-edit (token similarity >= ``repair_similarity``) of an earlier tool
+    call that failed: the fix of a mistake, worth more than the query alone. Off by default (``repairs = 0``)."""
+    step = ctx.steps[t]
+    if cfg.repairs == 0.0 or step.kind != "sql" or not step.sql or step.result is None or not step.result.ok:
+        return 0.0
+    for k in range(t):
+        earlier = ctx.steps[k]
+        failed = earlier.kind == "sql" and earlier.result is not None and not earlier.result.ok
+        if failed and earlier.sql and ctx.canonical[k] != ctx.canonical[t] and (
+            sql_similarity(step.sql, earlier.sql) >= cfg.repair_similarity
+        ):
+            return cfg.repairs
+    return 0.0
+
+
 def total_process_reward(rule_values: dict[str, float]) -> float:
     """r_t: the sum of a step's weighted rule values (rounded so that -0.2 + 0.1 + -0.1 reads -0.2, not -0.19999)."""
     return round(sum(rule_values.values()), 12)
@@ -118,6 +176,7 @@ def process_rewards(
     gold_rows: Sequence[tuple[Any, ...]] | None = None,
     gold_sql: str = "",
     metric: str = "bird",
+    context_text: str = "",
 ) -> list[dict[str, float]]:
     """The weighted value of every registered rule on every step: ``out[t][rule]``; r_t is their sum.
 
@@ -125,7 +184,7 @@ def process_rewards(
     reported as 0.
     """
     canonical = [canonical_sql(s.sql) if s.kind == "sql" and s.sql else None for s in steps]
-    ctx = RuleContext(steps, canonical, schema, gold_rows, gold_sql, metric)
+    ctx = RuleContext(steps, canonical, schema, gold_rows, gold_sql, metric, context_text)
     out = []
     for t, step in enumerate(steps):
         values = {}

@@ -38,6 +38,7 @@ class RuleContext:
     ``format_error`` and ``truncated``; ``canonical[t]`` is the canonical form of a tool call's SQL (``None`` for
     other steps). ``schema`` maps lower-cased table names to lower-cased column names (``None``: unknown,
     ``grounded`` abstains); ``gold_rows`` is ``None`` when the gold result is unknown (``progress`` abstains).
+    ``context_text`` is the question and evidence the agent was given (a value written there needs no look-up).
     """
 
     steps: Sequence[RewardStep]
@@ -46,6 +47,7 @@ class RuleContext:
     gold_rows: Sequence[tuple[Any, ...]] | None = None
     gold_sql: str = ""
     metric: str = "bird"
+    context_text: str = ""
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,8 @@ def score_steps(
         outcome = outcome_reward(steps, gold_rows, gold_sql, config.outcome)
     computed = None
     if any(r is None for r in rewards_given):
-        computed = process_rewards(steps, config.process, schema, gold_rows, gold_sql, config.outcome.metric)
+        computed = process_rewards(steps, config.process, schema, gold_rows, gold_sql, config.outcome.metric,
+                                   context_text)
     rule_values = [None if given is not None else computed[t] for t, given in enumerate(rewards_given)]  # type: ignore[index]
     rewards = [float(given) if given is not None else total_process_reward(rule_values[t])  # type: ignore[arg-type]
                for t, given in enumerate(rewards_given)]  # fmt: skip
