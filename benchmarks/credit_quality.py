@@ -95,6 +95,15 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "reveals_gold+repairs+executes_ok=0+equal=batch+uncentred+lam=1": (
         "rewards.process.reveals_gold=0.3", "rewards.process.repairs=0.3", "rewards.process.executes_ok=0",
         "credit.equal_outcome=batch", "credit.process_center=false", "credit.lam=1.0"),
+    "reveals_gold+repairs+executes_ok=0+equal=batch": (
+        "rewards.process.reveals_gold=0.3", "rewards.process.repairs=0.3", "rewards.process.executes_ok=0",
+        "credit.equal_outcome=batch"),
+    "reveals_gold+repairs+executes_ok=0+equal=batch+gamma_p=0": (
+        "rewards.process.reveals_gold=0.3", "rewards.process.repairs=0.3", "rewards.process.executes_ok=0",
+        "credit.equal_outcome=batch", "credit.gamma_p=0"),
+    "reveals_gold+repairs+executes_ok=0+equal=batch+uncentred+gamma_p=0": (
+        "rewards.process.reveals_gold=0.3", "rewards.process.repairs=0.3", "rewards.process.executes_ok=0",
+        "credit.equal_outcome=batch", "credit.process_center=false", "credit.gamma_p=0"),
 }  # fmt: skip
 
 
@@ -377,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(sampled) > 1:
         console.print(_table(f"pooled: {top['n_labelled']} labelled steps", top))
     if len(candidates) > 1:
-        console.print(_candidate_table(measured, list(sampled)))
+        console.print(candidates_markdown(result), markup=False)
     console.print(f"wrote {args.out}")
     return 0
 
@@ -393,27 +402,23 @@ def _summarize(steps: dict[str, SourceSteps]) -> tuple[dict[str, Any], dict[str,
     return by_source, quality(pooled)
 
 
-def _candidate_table(measured: dict[str, tuple[dict[str, Any], dict[str, Any]]], sources: list[str]) -> Any:
-    """Per candidate and source: FineStep's auc_group / auc_within / bad_positive_share, the best baseline's
-    AUCs (grpo, grpo_shaped, rloo, gigpo, ps_grpo under the candidate's rewards) and GRPO's bad share."""
-    from rich.table import Table
-
-    table = Table(title="candidates: finestep against the best baseline (auc_group / auc_within)")
-    for col in ("candidate", "source", "finestep", "bad+", "best baseline", "grpo bad+", "beats all"):
-        table.add_column(col, justify="left" if col in ("candidate", "source") else "right")
-    for name, (by_source, _) in measured.items():
-        for source in sources:
-            rows = by_source[source]["estimators"]
-            fs = rows["finestep"]
-            base = {k: rows[k] for k in BASELINES if k in rows}
-            best_g = max((r["auc_group"] or 0) for r in base.values())
-            best_w = max((r["auc_within"] or 0) for r in base.values())
-            beats = ((fs["auc_group"] or 0) > best_g and (fs["auc_within"] or 0) > best_w
-                     and (fs["bad_positive_share"] or 0) <= (rows["grpo"]["bad_positive_share"] or 0) + 0.05)  # fmt: skip
-            table.add_row(name, source, f"{fs['auc_group']:.3f} / {fs['auc_within']:.3f}",
-                          f"{fs['bad_positive_share']:.3f}", f"{best_g:.3f} / {best_w:.3f}",
-                          f"{rows['grpo']['bad_positive_share']:.3f}", "yes" if beats else "no")  # fmt: skip
-    return table
+def candidates_markdown(result: dict[str, Any]) -> str:
+    """The candidates of a result file as a markdown table: FineStep's AUCs, all steps and tool calls only, its
+    bad_positive_share, the best baseline's AUCs and GRPO's bad share, per source, and whether it beats them."""
+    lines = [("| candidate | source | finestep auc_group / auc_within | (tools) | bad+ | best baseline | grpo bad+ "
+             "| beats all |"), "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, candidate in result["candidates"].items():
+        for source, rows in candidate["by_source"].items():
+            fs, grpo = rows["finestep"], rows["grpo"]
+            best_g = max(rows[b]["auc_group"] or 0 for b in BASELINES)
+            best_w = max(rows[b]["auc_within"] or 0 for b in BASELINES)
+            beats = (fs["auc_group"] > best_g and fs["auc_within"] > best_w
+                     and fs["bad_positive_share"] <= grpo["bad_positive_share"] + 0.05)  # fmt: skip
+            lines.append(f"| {name} | {source} | {fs['auc_group']:.3f} / {fs['auc_within']:.3f} | "
+                         f"{fs['auc_group_tool_calls']:.3f} / {fs['auc_within_tool_calls']:.3f} | "
+                         f"{fs['bad_positive_share']:.3f} | {best_g:.3f} / {best_w:.3f} | "
+                         f"{grpo['bad_positive_share']:.3f} | {'**yes**' if beats else 'no'} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _shown(path: Path) -> str:

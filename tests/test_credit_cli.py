@@ -59,7 +59,8 @@ def test_missing_values_are_computed_from_the_database(tmp_path: Path) -> None:
     # good: error + ungrounded, then executes + progress, then the solution (format only)
     assert [s["process_reward"] for s in good["steps"]] == pytest.approx([-0.4, 0.3, 0.0])
     assert good["steps"][1]["links"] == [0]  # a near-edit of the failed query (similarity 14/16): repairs it
-    assert good["process_rewards"][0] == {"executes": -0.2, "redundant": 0.0, "grounded": -0.2, "progress": 0.0, "format": 0.0}
+    assert good["process_rewards"][0] == {"executes": -0.2, "redundant": 0.0, "grounded": -0.2, "progress": 0.0, "format": 0.0,
+                                            "reveals_gold": 0.0, "repairs": 0.0}
     assert [s["process_reward"] for s in bad["steps"]] == pytest.approx([0.1, -0.2, 0.0])
     assert all(len(line["advantages"]) == len(line["steps"]) == len(line["step_returns"]) for line in (good, bad))
     # the correct trajectory's steps all come out ahead of the wrong one's at the same position

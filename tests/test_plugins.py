@@ -61,7 +61,8 @@ def test_credit_with_a_plugin_estimator_and_rule(tmp_path: Path) -> None:
     star, named, direct = (json.loads(line) for line in out.read_text().splitlines())
     # the rule fires on the SELECT * tool call only: -0.1 x weight 2, beside the built-in rules
     assert star["process_rewards"][0] == {"executes": 0.1, "redundant": 0.0, "grounded": 0.0, "progress": 0.0,
-                                          "format": 0.0, "select_star": pytest.approx(-0.2)}  # fmt: skip
+                                          "format": 0.0, "reveals_gold": 0.0, "repairs": 0.0,
+                                          "select_star": pytest.approx(-0.2)}  # fmt: skip
     assert star["steps"][0]["process_reward"] == pytest.approx(-0.1)  # r_t = 0.1 - 0.2
     assert named["process_rewards"][0]["select_star"] == 0.0 and "select_star" in star["process_rewards"][1]
     # the estimator: GRPO on R = [1, 0, 0], clipped to [-1, 1]: 2/3 / (std 0.5774 + eps) = 1.1547 -> 1
