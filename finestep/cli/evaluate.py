@@ -107,7 +107,7 @@ def add_sql_parser(commands: argparse._SubParsersAction) -> None:
         help="run one query in the sandbox and print the observation the agent would see",
         description="Run one read-only, time-limited query and print exactly the agent's observation.",
     )
-    sq.add_argument("--db", type=Path, required=True, help="SQLite database file")
+    sq.add_argument("--db", required=True, help="database: a SQLite file, duckdb:PATH or postgresql://USER@HOST:PORT/DB")
     sq.add_argument("query", help="the SQL (or - to read it from standard input)")
     sq.add_argument("--timeout", type=_positive_float, default=5.0, help="seconds (default 5)")
     sq.add_argument("--max-rows", type=_positive_int, default=20, help="rows shown (default 20)")

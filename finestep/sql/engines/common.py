@@ -31,7 +31,8 @@ def checked_text(sql: object, limits: SandboxLimits, start: float) -> tuple[str 
 
 
 class Deadline:
-    """Calls ``stop()`` from a timer thread when ``timeout_s`` passes, unless cancelled first (``with``)."""
+    """Calls ``stop()`` from a timer thread when ``timeout_s`` passes, unless cancelled first (``with``). Leaving
+    the ``with`` block waits for a ``stop()`` under way, so a late cancel never reaches the next query."""
 
     def __init__(self, timeout_s: float, stop: Callable[[], Any]) -> None:
         self.fired = False
@@ -52,6 +53,7 @@ class Deadline:
 
     def __exit__(self, *_exc: object) -> None:
         self._timer.cancel()
+        self._timer.join()
 
 
 def plain_value(value: Any) -> Any:
