@@ -268,6 +268,8 @@ def _copy_csv(out: Any, name: str, rows: Iterator[tuple[Any, ...]], report: Impo
             handle.write(",".join(map(field, row)) + "\n")
             report.rows += 1
     try:
+        if os.path.getsize(handle.name) == 0:  # an empty table: nothing to copy (DuckDB cannot sniff an empty file)
+            return
         path = handle.name.replace("'", "''")
         out.execute(f"COPY {name} FROM '{path}' (FORMAT csv, HEADER false, NULLSTR '', ALLOW_QUOTED_NULLS false, DELIMITER ',', "
                     "NEW_LINE '\\n', QUOTE '\"', ESCAPE '\"')")  # fmt: skip
