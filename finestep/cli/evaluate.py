@@ -89,7 +89,7 @@ def _on_engine(args: argparse.Namespace, benchmark, predictions, metric: str, li
     engine = "postgres" if engine.startswith("postgres") else engine
     out = []
     for task, pred in zip(benchmark.tasks, predictions):
-        if pred is None or task.index in reasons:
+        if pred is None or task.index in reasons or task.index not in gold:
             out.append(None)
             continue
         if args.transpile_predictions:
