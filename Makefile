@@ -18,7 +18,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) --quiet -e '.[dev]'
+	$(PIP) --quiet -e '.[dev,engines]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -48,3 +48,19 @@ def make_db(path: Path) -> Path:
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return make_db(tmp_path / "league.sqlite")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server for the session (initdb in a temporary folder, Unix socket, free port).
+
+    Skipped when PostgreSQL is not installed, except under CI=true, where that fails (.ci/run installs it)."""
+    from finestep.sql.engines.pg_server import PostgresServer, find_pg_bin
+
+    if find_pg_bin() is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("PostgreSQL server binaries (pg_ctl, initdb) not found; required under CI=true")
+        pytest.skip("PostgreSQL server binaries not found")
+    server = PostgresServer().start()
+    yield server
+    server.stop()

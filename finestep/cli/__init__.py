@@ -20,6 +20,7 @@ from rich.markup import escape
 from finestep import __version__
 from finestep.cli.agent import add_agent_eval_parser, add_ask_parser
 from finestep.cli.common import _plugin_arguments, default_spider_dir
+from finestep.cli.db import add_db_parser
 from finestep.cli.evaluate import add_eval_parser, add_sql_parser
 from finestep.cli.sqlworld import PlainProgress, add_bench_parser, add_demo_parser
 from finestep.cli.training import add_credit_parser, add_sft_parser, add_train_parser
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(commands)
     add_sql_parser(commands)
+    add_db_parser(commands)
     add_credit_parser(commands)
     add_train_parser(commands)
     add_agent_eval_parser(commands)

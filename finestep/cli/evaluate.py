@@ -44,6 +44,9 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
     if args.keep_distinct and metric != "spider":
         raise DataError("--keep-distinct is an option of --metric spider (test-suite-sql-eval's --keep_distinct)")
     limits = SandboxLimits(**{**EVAL_LIMITS.__dict__, "timeout_s": args.timeout})
+    reasons: dict[int, str] = {}
+    if args.engine:
+        benchmark, predictions, reasons = _on_engine(args, benchmark, predictions, metric, limits)
     given = sum(1 for t in benchmark.available if predictions[t.index] is not None)
     with _progress(console) as progress:
         bar = progress.add_task("scoring", total=given)
@@ -51,11 +54,51 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
             benchmark, predictions, metric, limits, args.workers,
             on_progress=lambda n: progress.update(bar, completed=n), keep_distinct=args.keep_distinct,
         )  # fmt: skip
+    if args.engine:
+        from finestep.eval.engines import reason_counts
+        from finestep.eval.execution import QuestionScore
+
+        report.scores = [QuestionScore(q.index, q.id, q.db_id, q.difficulty, None, f"not comparable: {reasons[q.index]}")
+                         if q.index in reasons else q for q in report.scores]  # fmt: skip
+        report.extra.update(engine=args.engine, n_not_comparable=len(reasons),
+                            not_comparable_by_reason=reason_counts(reasons))  # fmt: skip
+        console.print(f"engine {args.engine}: {len(reasons)} questions not comparable "
+                      f"{reason_counts(reasons)}", highlight=False, soft_wrap=True)  # fmt: skip
     print_eval_report(report, console, args.by)
     if args.out:
         atomic_write_json(args.out, report.to_json())
         console.print(f"wrote {args.out}")
     return 0
+
+
+def _on_engine(args: argparse.Namespace, benchmark, predictions, metric: str, limits):
+    """The benchmark on ``--engine``, its gold transpiled, and the questions that are not comparable there."""
+    from dataclasses import replace
+
+    from finestep.eval.engines import _column_names, comparable_tasks, on_engine, transpile
+    from finestep.eval.official import Scorer
+
+    moved = on_engine(benchmark, args.engine)
+    lite = benchmark.available
+    scorer = Scorer(metric, args.keep_distinct)
+    official = replace(limits, verbatim=True, text_errors=scorer.text_errors)
+    gold, reasons = comparable_tasks(lite, [moved.tasks[t.index] for t in lite], scorer, args.transpile_gold, official)
+    tasks = [replace(t, gold_sql=gold[t.index]) if t.index in gold else t for t in moved.tasks]
+    moved = type(benchmark).from_tasks(benchmark.name, benchmark.source, tasks)
+    engine = args.engine.split(":", 1)[0]
+    engine = "postgres" if engine.startswith("postgres") else engine
+    out = []
+    for task, pred in zip(benchmark.tasks, predictions):
+        if pred is None or task.index in reasons or task.index not in gold:
+            out.append(None)
+            continue
+        if args.transpile_predictions:
+            try:
+                pred = transpile(pred, engine, _column_names(str(task.db_path)))
+            except ValueError:
+                pass  # the prediction runs as written and fails on the engine, as a model's would
+        out.append(pred)
+    return moved, out, reasons
 
 
 def _cmd_sql(args: argparse.Namespace, console: Console) -> int:
@@ -96,6 +139,13 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
                     help="processes executing queries: a number, or auto (default: one process, moving to every "
                     "core once the remaining work is projected to take over a second)")
     ev.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per query (default 30, as BIRD)")
+    ev.add_argument("--engine", help="score on this engine: duckdb:DIR (from finestep db import) or a PostgreSQL URL "
+                    "prefix (the read-only role's, e.g. postgresql://finestep_reader@/?host=DIR&port=N); questions "
+                    "whose gold does not run or agree with SQLite there are reported, not scored")  # fmt: skip
+    ev.add_argument("--transpile-gold", action="store_true", help="with --engine: transpile the SQLite gold queries "
+                    "to the engine's dialect with sqlglot")  # fmt: skip
+    ev.add_argument("--transpile-predictions", action="store_true", help="with --engine: the predictions are "
+                    "SQLite too; transpile them the same way")  # fmt: skip
     ev.add_argument("--by", choices=["auto", "difficulty", "database"], default="auto", help="table breakdown")
     ev.set_defaults(handler=_cmd_eval)
 
@@ -107,7 +157,7 @@ def add_sql_parser(commands: argparse._SubParsersAction) -> None:
         help="run one query in the sandbox and print the observation the agent would see",
         description="Run one read-only, time-limited query and print exactly the agent's observation.",
     )
-    sq.add_argument("--db", type=Path, required=True, help="SQLite database file")
+    sq.add_argument("--db", required=True, help="database: a SQLite file, duckdb:PATH or postgresql://USER@HOST:PORT/DB")
     sq.add_argument("query", help="the SQL (or - to read it from standard input)")
     sq.add_argument("--timeout", type=_positive_float, default=5.0, help="seconds (default 5)")
     sq.add_argument("--max-rows", type=_positive_int, default=20, help="rows shown (default 20)")

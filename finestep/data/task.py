@@ -23,7 +23,8 @@ class Task:
         index: 0-based position in the source file.
         question: the natural-language question.
         db_id: the database's name.
-        db_path: the SQLite file; it may not exist (see ``available``).
+        db_path: the SQLite file; it may not exist (see ``available``). A string names a database on another
+            engine (``duckdb:PATH``, ``postgresql://...``: :mod:`finestep.sql.engines`).
         gold_sql: the reference query.
         evidence: external knowledge given with the question (BIRD), else empty.
         difficulty: the benchmark's difficulty label, if it has one.
@@ -33,14 +34,19 @@ class Task:
     index: int
     question: str
     db_id: str
-    db_path: Path
+    db_path: Path | str
     gold_sql: str
     evidence: str = ""
     difficulty: str | None = None
 
     @property
     def available(self) -> bool:
-        """Whether the task's database file exists."""
+        """Whether the task's database file exists (a server's database is taken to exist)."""
+        if isinstance(self.db_path, str):
+            from finestep.sql.engines import engine_for
+
+            engine = engine_for(self.db_path)
+            return engine.exists(self.db_path)
         return self.db_path.is_file()
 
 

@@ -1,8 +1,8 @@
 """The SQL sandbox: read-only, time-limited, memory-bounded, size-capped execution of untrusted SQL.
 
 Every query a learning model writes goes through a :class:`SqlSandbox` (rollouts, rewards, evaluation) or,
-for trusted internal use, the in-process :func:`execute`. The sandbox runs the engine of
-:mod:`finestep.sql.engine` (read-only connection, authorizer, progress-handler deadline, capped fetch) in
+for trusted internal use, the in-process :func:`execute`. The sandbox runs the engine of the
+database (:mod:`finestep.sql.engines`: SQLite by default, :mod:`finestep.sql.engine`; DuckDB; PostgreSQL) in
 supervised worker processes (:mod:`finestep.sql.workers`) that add a hard deadline and a memory bound, and
 keeps a bounded cache of results. docs/sandbox.md lists the promises and how each is kept.
 """
@@ -19,16 +19,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from finestep.sql.engine import (
-    ErrorKind,
-    ExecutionResult,
-    SandboxLimits,
-    execute,
-    execute_on,
-    file_version,
-    open_readonly,
-    strip_sql,
-)
+from finestep.sql.engine import ErrorKind, ExecutionResult, SandboxLimits, open_readonly, strip_sql
+from finestep.sql.engines import engine_for, execute, execute_on
 from finestep.sql.workers import WorkerPool, WorkerStartError, hard_deadline_s, worker_starts
 
 __all__ = [
@@ -195,7 +187,7 @@ class SqlSandbox:
         self.close()
 
     def _key(self, db_path: str | os.PathLike[str], sql: str) -> tuple[Any, ...] | None:
-        version = file_version(db_path) if isinstance(sql, str) else None
+        version = engine_for(db_path).version(os.fspath(db_path)) if isinstance(sql, str) else None
         return None if version is None else (*version, strip_sql(sql))
 
     def _run(

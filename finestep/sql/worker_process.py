@@ -1,6 +1,8 @@
 """Inside a sandbox worker: the loop that answers queries under a time and memory bound.
 
-A worker is a fresh Python interpreter that imports this module and :mod:`finestep.sql.engine`, nothing else
+A worker is a fresh Python interpreter that imports this module, :mod:`finestep.sql.engine` and the engine
+registry (:mod:`finestep.sql.engines`; a driver such as ``duckdb`` or ``psycopg`` only when its first database
+opens), nothing else
 (:mod:`finestep.sql.workers` starts it with ``python -c``): never the caller's script, whatever the caller
 imported (torch, transformers) or how it runs (a script, ``python -m``, a notebook, a console script). The
 supervisor hands it one end of a socket pair as file descriptor ``argv[1]``, and its own process id as
@@ -33,6 +35,7 @@ from finestep.sql.engine import (
     open_readonly,
     run_query,
 )
+from finestep.sql.engines import Engine, engine_for
 
 __all__ = ["address_space_bytes", "serve"]
 
@@ -51,6 +54,11 @@ def _limit_memory(limits: SandboxLimits) -> None:
     probe = sqlite3.connect(":memory:")
     probe.execute(f"PRAGMA hard_heap_limit = {int(limits.max_memory_bytes)}")  # process-wide, this process only
     probe.close()
+    _cap_address_space(limits)
+
+
+def _cap_address_space(limits: SandboxLimits) -> None:
+    """Cap this process's address space at what it uses now plus :func:`address_space_bytes`."""
     try:
         import resource
 
@@ -62,6 +70,18 @@ def _limit_memory(limits: SandboxLimits) -> None:
             cap = min(cap, hard)
         resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     except (ImportError, OSError, ValueError):  # pragma: no cover - not Linux: SQLite's heap limit still holds
+        pass
+
+
+def _lift_address_space() -> None:
+    """Lift the soft address-space cap to the hard limit (before opening a DuckDB file, which reserves hundreds
+    of MB of address space it does not use; :func:`_cap_address_space` follows)."""
+    try:
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not Linux
         pass
 
 
@@ -121,8 +141,12 @@ def _too_large(limits: SandboxLimits) -> ExecutionResult:
 
 
 def _answer(
-    connections: OrderedDict[tuple[Any, ...], sqlite3.Connection], db_path: str, sql: str, limits: SandboxLimits
+    connections: OrderedDict[tuple[Any, ...], Any], db_path: str, sql: str, limits: SandboxLimits
 ) -> ExecutionResult:
+    engine = engine_for(db_path)
+    if engine.name != "sqlite":
+        return _answer_engine(connections, engine, db_path, sql, limits)
+    db_path = engine.path(db_path)  # type: ignore[attr-defined]  # a plain path stays as it is
     start = time.perf_counter()
     key = file_version(db_path) or (db_path,)
     conn = connections.get(key)
@@ -143,8 +167,38 @@ def _answer(
         return _too_large(limits)
 
 
+def _answer_engine(
+    connections: OrderedDict[tuple[Any, ...], Any], engine: Engine, db: str, sql: str, limits: SandboxLimits
+) -> ExecutionResult:
+    """One query on a database of an engine other than SQLite (DuckDB, PostgreSQL)."""
+    start = time.perf_counter()
+    key = engine.version(db) or (db,)
+    conn = connections.get(key)
+    try:
+        if conn is None:
+            if engine.caps_address_space_per_open:
+                _lift_address_space()
+            try:
+                conn = engine.open(db, limits)
+            finally:
+                if engine.caps_address_space_per_open:
+                    _cap_address_space(limits)
+            connections[key] = conn
+            while len(connections) > _OPEN_CONNECTIONS:
+                connections.popitem(last=False)[1].close()
+        connections.move_to_end(key)
+        return engine.run(conn, sql, limits)
+    except FileNotFoundError as exc:
+        return ExecutionResult(error_kind=ErrorKind.MISSING_DATABASE, error=str(exc), elapsed_s=time.perf_counter() - start)
+    except MemoryError:
+        return _too_large(limits)
+    except Exception as exc:  # noqa: BLE001 - the driver's connection errors, an unsafe role
+        message = f"cannot open database {db}: {exc}"
+        return ExecutionResult(error_kind=ErrorKind.RUNTIME, error=message, elapsed_s=time.perf_counter() - start)
+
+
 def _loop(channel: Connection, limits: SandboxLimits, outbox: _Outbox) -> None:
-    connections: OrderedDict[tuple[Any, ...], sqlite3.Connection] = OrderedDict()
+    connections: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
     while True:
         try:
             message = channel.recv()
