@@ -20,7 +20,7 @@ HOSTILE: list[tuple[str, dict[str, str], frozenset[str]]] = [
     ("cross join", {"sqlite": _CROSS, "duckdb": _CROSS, "postgres": _CROSS}, _STOPPED),
     ("sleep / busy builtin", {
         "sqlite": "SELECT instr(printf('%.*c', 2000000, 'a'), printf('%.*c', 1000000, 'a') || 'b')",
-        "duckdb": "SELECT count(*) FROM range(100000000) a, range(100) b WHERE a.range % 7 = b.range",
+        "duckdb": "SELECT count(*) FROM range(1000000000) a, range(1000) b WHERE a.range % 7 = b.range",
         "postgres": "SELECT pg_sleep(30)",
     }, _STOPPED),
     ("1 GB string", {
