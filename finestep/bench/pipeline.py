@@ -26,7 +26,7 @@ from finestep.config import to_dict
 from finestep.data.sqlworld import ExpertConfig, build_world, load_world, write_jsonl
 from finestep.data.task import Task
 from finestep.env import SqlEnv
-from finestep.eval.episodes import episode_metrics
+from finestep.rewards.episodes import episode_metrics
 from finestep.models import build_tiny_model, load_model, load_tokenizer
 from finestep.rewards import RewardConfig, score_episodes
 from finestep.sql.executor import execute, shared_sandbox

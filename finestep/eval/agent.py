@@ -14,7 +14,7 @@ from finestep.agent.rollout import RolloutConfig, rollout
 from finestep.agent.trajectory import Trajectory
 from finestep.atomic import atomic_write_json, atomic_write_text
 from finestep.data.task import Benchmark, Task
-from finestep.eval.episodes import episode_metrics
+from finestep.rewards.episodes import episode_metrics
 from finestep.eval.execution import EvalReport, score_predictions
 from finestep.eval.predictions import BIRD_SEPARATOR
 from finestep.eval.voting import majority_vote, mean_pass_at_k, pass_at_k_levels
