@@ -9,8 +9,8 @@ start adapted to it: ``--adapt-epochs`` of SFT on the world's expert episodes wr
 (``finestep.integrations.trl_sft``; 0 when the model already speaks it). Each TRL run mirrors
 ``configs/sqlworld-tiny.yaml``: 4 prompts x 8 completions per generation, two minibatches of 16 (two optimizer
 steps per generation, PPO clip 0.2/0.28), lr 3e-5 after 3 warm-up steps, 4 turns, 320 completion tokens (TRL
-has no per-turn cap; ours is 48), no KL. Evaluation: greedy episodes on ``--eval-split`` through TRL's own
-generation (EX, tool calls, redundant-call rate). ``--ours`` also runs our trainer (``finestep bench``'s RL run)
+has no per-turn cap; ours is 48), no KL. Evaluation: one greedy episode per question of ``--eval-split``
+through TRL's own generation and tool loop (EX, tool calls, redundant-call rate, over all questions). ``--ours`` also runs our trainer (``finestep bench``'s RL run)
 for each estimator from the unadapted warm start. Writes ``OUT/results.json`` and prints a Markdown table, with
 the wall time per RL step (one generation and its update) of each run.
 """
@@ -38,6 +38,8 @@ from finestep.integrations.trl_env import (
     task_rows,
 )
 from finestep.integrations.trl_sft import tool_conversation, tool_sft_examples
+from finestep.rewards import score_episodes
+from finestep.rewards.episodes import episode_metrics
 from finestep.train.sft import SFTConfig, train_sft
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,9 +71,9 @@ def adapt(model_dir: Path, world: Any, out: Path, epochs: int, seed: int) -> Pat
     return out
 
 
-def trl_args(out: Path, steps: int, seed: int, **extra: Any) -> GRPOConfig:
+def trl_args(out: Path, steps: int, seed: int, lr: float = 3e-5, **extra: Any) -> GRPOConfig:
     return GRPOConfig(
-        output_dir=str(out), max_steps=2 * steps, seed=seed, learning_rate=3e-5, warmup_steps=3,
+        output_dir=str(out), max_steps=2 * steps, seed=seed, learning_rate=lr, warmup_steps=3,
         lr_scheduler_type="constant_with_warmup", max_grad_norm=1.0, num_generations=8, generation_batch_size=32,
         per_device_train_batch_size=16, gradient_accumulation_steps=1, epsilon=0.2, epsilon_high=0.28, beta=0.0,
         loss_type="dapo", temperature=1.0, max_completion_length=320, logging_steps=1, save_strategy="no",
@@ -80,25 +82,31 @@ def trl_args(out: Path, steps: int, seed: int, **extra: Any) -> GRPOConfig:
 
 
 def evaluate(model_dir: Path, world: Any, split: str, n: int, out: Path) -> dict[str, float]:
-    """Greedy episodes through TRL's generation: our episode metrics, averaged over the evaluation batches."""
+    """Greedy episodes through TRL's generation and tool loop, one per question: our episode metrics over all."""
     tasks = world.split(split)[:n]
+    rows = task_rows(tasks, SETTINGS)
     args = trl_args(out, 1, 0, num_generations_eval=1, per_device_eval_batch_size=16,
                     generation_kwargs={"do_sample": False})  # fmt: skip
     trainer = FineStepGRPOTrainer(
         AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), args,
         environment_factory=sql_environment_factory(tasks, SETTINGS), credit="grpo",
-        train_dataset=Dataset.from_list(task_rows(tasks, SETTINGS)),
-        processing_class=tool_tokenizer(AutoTokenizer.from_pretrained(model_dir)),
+        train_dataset=Dataset.from_list(rows), processing_class=tool_tokenizer(AutoTokenizer.from_pretrained(model_dir)),
     )  # fmt: skip
-    trainer.remove_callback(PrinterCallback)
-    metrics = trainer.evaluate(Dataset.from_list(task_rows(tasks, SETTINGS)))
-    return {k: float(metrics[f"eval_finestep/{k}"]) for k in SHOWN}
+    trainer.model.eval()
+    episodes = []
+    with torch.no_grad():
+        for start in range(0, len(rows), 16):
+            trainer._generate_and_score_completions([dict(row) for row in rows[start : start + 16]])
+            episodes += trainer.last_episodes
+    trajectories = [e.trajectory for e in episodes]
+    metrics = episode_metrics(trajectories, score_episodes(trajectories, SETTINGS.sandbox(), SETTINGS.rewards))
+    return {k: float(metrics[k]) for k in SHOWN}
 
 
-def run_trl(estimator: str, start: Path, world: Any, out: Path, steps: int, seed: int) -> dict[str, Any]:
+def run_trl(estimator: str, start: Path, world: Any, out: Path, steps: int, seed: int, lr: float) -> dict[str, Any]:
     run = out / f"trl-{estimator}"
     trainer = FineStepGRPOTrainer(
-        AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32), trl_args(run, steps, seed),
+        AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32), trl_args(run, steps, seed, lr),
         environment_factory=sql_environment_factory(world.train, SETTINGS), credit=estimator,
         train_dataset=Dataset.from_list(task_rows(world.train, SETTINGS)),
         processing_class=tool_tokenizer(AutoTokenizer.from_pretrained(start)),
@@ -136,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-split", default="heldout", help="the world's split evaluated")
     parser.add_argument("--max-eval-tasks", type=int, default=384, help="questions evaluated")
     parser.add_argument("--seed", type=int, default=0, help="seed of every run")
+    parser.add_argument("--learning-rate", type=float, default=3e-5, help="TRL runs' learning rate (ours: 3e-5)")
     parser.add_argument("--ours", action="store_true", help="also run our trainer with the same estimators")
     args = parser.parse_args(argv)
     world = load_world(args.world)
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "eval": evaluate(start, world, args.eval_split, args.max_eval_tasks,
                                                     args.out / "eval-start")}]  # fmt: skip
     for estimator in [e.strip() for e in args.estimators.split(",") if e.strip()]:
-        row = run_trl(estimator, start, world, args.out, args.steps, args.seed)
+        row = run_trl(estimator, start, world, args.out, args.steps, args.seed, args.learning_rate)
         row["eval"] = evaluate(Path(row["run"]) / "model", world, args.eval_split, args.max_eval_tasks,
                                args.out / f"eval-{estimator}")  # fmt: skip
         rows.append(row)

@@ -23,6 +23,7 @@ truncation being TRL's ``mask_truncated_completions``). Our diagnostics are logg
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -159,6 +160,7 @@ class FineStepGRPOTrainer(GRPOTrainer):
         ``rollout`` is ``(prompt_ids, completion_ids, tool_mask, completions)`` of this process, as TRL's
         ``_generate`` returns them; groups are ``group_size`` consecutive completions over all processes.
         """
+        begin = time.perf_counter()
         prompt_ids, completion_ids, tool_mask, completions = rollout
         masks = tool_mask if tool_mask is not None else [[1] * len(ids) for ids in completion_ids]
         environments = self.environments or []
@@ -188,5 +190,6 @@ class FineStepGRPOTrainer(GRPOTrainer):
             **credit_diagnostics(batch, credit),
             "advantage_abs_mean": float(np.abs(credit.advantages).mean()) if credit.advantages.size else 0.0,
             "turns_after_end": float(np.mean([e.extra_turns for e in all_episodes])) if all_episodes else 0.0,
+            "time_credit": time.perf_counter() - begin,  # replay, scoring, gathering, credit, token layout
         }
         return torch.from_numpy(tokens.advantages), metrics
