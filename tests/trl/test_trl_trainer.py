@@ -19,8 +19,9 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
+from finestep.credit import ESTIMATORS, StepAdvantages, get_estimator, register_estimator
 from finestep.eval.credit_inspect import inspect_credit
-from finestep.integrations.trl import FineStepGRPOTrainer, tool_tokenizer
+from finestep.integrations.trl import FineStepGRPOTrainer, credit_config, tool_tokenizer
 from finestep.integrations.trl_env import sql_environment_factory, task_rows
 from finestep.integrations.trl_layout import mask_runs
 from tests.trl.conftest import SETTINGS
@@ -68,9 +69,39 @@ def batches(trl_model: Path, trl_world, tmp_path_factory: pytest.TempPathFactory
     stock = make_trainer(GRPOTrainer, trl_model, trl_world, out / "stock")
     grpo = make_trainer(FineStepGRPOTrainer, trl_model, trl_world, out / "grpo", credit="grpo")
     finestep = make_trainer(FineStepGRPOTrainer, trl_model, trl_world, out / "finestep", credit="finestep")
+    original = finestep._generate
+
+    def keep(prompts):  # the rollout as TRL's _generate returns it, for re-crediting with other estimators
+        out = original(prompts)
+        finestep.kept_rollout = out[:4]
+        return out
+
+    finestep._generate = keep
     batch_inputs = inputs(trl_world)
     return {name: (trainer, generate(trainer, batch_inputs))
             for name, trainer in (("stock", stock), ("grpo", grpo), ("finestep", finestep))}  # fmt: skip
+
+
+def test_every_registered_estimator_runs_in_the_trainer_plugins_too(batches) -> None:
+    if "trl_test_halved_grpo" not in ESTIMATORS:  # a plugin: one decorated function
+
+        @register_estimator("trl_test_halved_grpo")
+        def halved(batch, config):
+            return StepAdvantages(advantages=0.5 * get_estimator("grpo")(batch, config).advantages)
+
+    trainer, batch = batches["finestep"]
+    width = batch["completion_ids"].size(1)
+    results = {}
+    for name in sorted(ESTIMATORS):
+        trainer.credit = credit_config(name)
+        advantages, metrics = trainer.step_advantages(trainer.kept_rollout, width, G)
+        assert advantages.shape == batch["completion_ids"].shape and torch.isfinite(advantages).all(), name
+        assert "finestep/ex" not in metrics and metrics["tool_calls"] >= 0
+        results[name] = advantages
+    trainer.credit = credit_config("finestep")
+    assert torch.allclose(results["trl_test_halved_grpo"], 0.5 * results["grpo"])
+    assert torch.allclose(results["finestep"], batch["advantages"])  # the same rollout, credited again
+    assert not torch.allclose(results["finestep"], results["grpo"])
 
 
 def test_the_batch_exercises_multi_turn_tool_calls(batches) -> None:
