@@ -25,12 +25,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate.utils import gather_object
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 from trl import chat_template_utils as trl_templates
 
 from finestep.credit import CreditConfig, compute_advantages, get_estimator
@@ -42,7 +43,7 @@ from finestep.rewards import score_episodes, step_batch
 from finestep.rewards.episodes import episode_metrics
 from finestep.train.rl import credit_diagnostics
 
-__all__ = ["TRL_CREDIT_DEFAULTS", "FineStepGRPOTrainer", "credit_config", "tool_tokenizer"]
+__all__ = ["TRL_CREDIT_DEFAULTS", "FineStepGRPOConfig", "FineStepGRPOTrainer", "credit_config", "tool_tokenizer"]
 
 load_plugins(plugins_from_env())
 
@@ -81,6 +82,17 @@ def tool_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
+@dataclass
+class FineStepGRPOConfig(GRPOConfig):
+    """``GRPOConfig`` with FineStep's credit settings as one more section (``credit``), for a single config object."""
+
+    credit: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "CreditConfig fields, e.g. {'estimator': 'finestep', 'gamma_o': 0.9}; the TRL defaults "
+                          "are TRL_CREDIT_DEFAULTS (eps 1e-4, no truncated-step mask)"},
+    )  # fmt: skip
+
+
 class FineStepGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` whose advantages are FineStep's step-level advantages (module docstring).
 
@@ -89,7 +101,8 @@ class FineStepGRPOTrainer(GRPOTrainer):
             ``num_generations``, ``max_completion_length``, ``gradient_accumulation_steps``, ``use_vllm``, ...).
         environment_factory: one factory of ``SqlToolEnv`` (``sql_environment_factory(tasks, settings)``).
         credit: the credit settings: a ``CreditConfig``, a mapping of its fields (``{"estimator": "grpo",
-            "gamma_o": 1.0}``) or an estimator name; see ``credit_config``.
+            "gamma_o": 1.0}``) or an estimator name; see ``credit_config``. Default: ``args.credit`` when ``args``
+            is a ``FineStepGRPOConfig``, else ``TRL_CREDIT_DEFAULTS`` with the ``finestep`` estimator.
     """
 
     def __init__(
@@ -108,7 +121,9 @@ class FineStepGRPOTrainer(GRPOTrainer):
                              "(finestep.rewards.scoring, through the environment's get_reward); leave it out")  # fmt: skip
         if environment_factory is None or isinstance(environment_factory, Mapping):
             raise ValueError("environment_factory: one factory of SqlToolEnv is needed (sql_environment_factory)")
-        self.credit = credit_config(credit)
+        if credit is not None and getattr(args, "credit", None) is not None:
+            raise ValueError("credit is given twice: as credit= and in args.credit; keep one")
+        self.credit = credit_config(credit if credit is not None else getattr(args, "credit", None))
         if processing_class is None:
             from transformers import AutoTokenizer
 

@@ -66,7 +66,25 @@ def test_rows_carry_our_prompt_and_the_task_id(trl_world) -> None:
         task_rows(trl_world.train[:1] * 2, SETTINGS)
 
 
-def test_credit_settings_come_in_one_argument() -> None:
+def test_credit_settings_come_in_one_argument_or_config_section(trl_world, trl_model, tmp_path) -> None:
+    from datasets import Dataset
+
+    from finestep.integrations.trl import FineStepGRPOConfig, FineStepGRPOTrainer
+
+    args = FineStepGRPOConfig(output_dir=str(tmp_path), num_generations=2, per_device_train_batch_size=2,
+                              max_steps=1, report_to="none", bf16=False, credit={"estimator": "gigpo", "omega": 0.5})  # fmt: skip
+    kwargs = {"environment_factory": sql_environment_factory(trl_world.train, SETTINGS),
+              "train_dataset": Dataset.from_list(task_rows(trl_world.train, SETTINGS)),
+              "processing_class": load_tokenizer(trl_model)}  # fmt: skip
+    trainer = FineStepGRPOTrainer(str(trl_model), args, **kwargs)
+    assert (trainer.credit.estimator, trainer.credit.omega, trainer.credit.eps) == ("gigpo", 0.5, 1e-4)
+    with pytest.raises(ValueError, match="twice"):
+        FineStepGRPOTrainer(str(trl_model), args, credit="grpo", **kwargs)
+    with pytest.raises(ValueError, match="reward_funcs"):
+        FineStepGRPOTrainer(str(trl_model), args, reward_funcs=[lambda **_: [0.0]], **kwargs)
+
+
+def test_credit_settings_are_checked() -> None:
     assert credit_config("grpo").estimator == "grpo"
     assert credit_config(None).eps == 1e-4 and not credit_config(None).mask_truncated_steps
     assert credit_config({"estimator": "finestep", "gamma_o": 1.0}).gamma_o == 1.0
