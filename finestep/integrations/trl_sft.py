@@ -72,16 +72,22 @@ def tool_conversation(
 
 
 def tool_sft_examples(
-    conversations: Iterable[list[dict[str, Any]]], tokenizer: Any, chat_template: str | None = None
+    conversations: Iterable[list[dict[str, Any]]],
+    tokenizer: Any,
+    chat_template: str | None = None,
+    tools: list[Any] | None = None,
 ) -> list[SFTExample]:
     """Token ids and assistant-token masks of conversations (loss on the model's own tokens only).
 
-    The chat template must mark assistant tokens with ``{% generation %}`` (``TOOL_CHAT_TEMPLATE`` does).
+    The chat template must mark assistant tokens with ``{% generation %}`` (``TOOL_CHAT_TEMPLATE`` does; for
+    Qwen3 and others, TRL's ``get_training_chat_template``). ``tools``: the tool functions the template renders
+    in the prompt, as TRL renders them in RL (``SqlToolEnv(...).execute_sql``, ``.submit_solution``); templates
+    that ignore tools (``TOOL_CHAT_TEMPLATE``) need none.
     """
     examples = []
     for messages in conversations:
         encoded = tokenizer.apply_chat_template(
-            messages, chat_template=chat_template, tokenize=True, return_dict=True,
+            messages, chat_template=chat_template, tools=tools, tokenize=True, return_dict=True,
             return_assistant_tokens_mask=True,
         )  # fmt: skip
         ids = list(encoded["input_ids"])
