@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine with Python >= 3.10:
 #   make demo   create .venv, install, run the main end-to-end job
-#   make test   create .venv, install with dev extras, run the whole test suite
+#   make test   create .venv, install with dev, engines and trl extras, run the whole test suite (TRL tests required)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -17,8 +17,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) --quiet -e .
 	touch $@
 
+# dev tools, the engines (DuckDB, PostgreSQL: tests/test_engines.py) and TRL (finestep.integrations.trl,
+# tests/trl): their tests run in the main suite.
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) --quiet -e '.[dev,engines]'
+	$(PIP) --quiet -e '.[dev,engines,trl]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,8 +32,9 @@ demo: install
 	$(BIN)/finestep demo --out runs/demo
 	$(BIN)/finestep eval --benchmark spider --data $(SPIDER) --predictions $(SPIDER)/dev_gold.sql --out runs/demo/spider-eval.json
 
+# FINESTEP_REQUIRE_TRL=1: a missing or broken TRL fails tests/trl instead of skipping it.
 test: install-dev
-	$(BIN)/python -m pytest -q
+	FINESTEP_REQUIRE_TRL=1 $(BIN)/python -m pytest -q
 	$(MAKE) test-verl
 
 bench: install

@@ -18,8 +18,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("agent.protocol", "agent.trajectory", "models"),  # the records and the protocol the environment speaks
     ("env",),  # the environment: protocol + sandbox + budget + observations
     ("agent",),  # what drives the environment: rollout, generators, the scripted expert
-    ("rewards",),  # scoring: trajectories -> rewards -> StepBatch
-    ("train", "eval", "bench", "integrations"),
+    ("rewards",),  # scoring: trajectories -> rewards -> StepBatch; episode metrics
+    ("train", "integrations"),  # they share episode metrics through rewards, never through eval
+    ("eval",),  # scoring predictions, agent runs, voting, credit inspection
+    ("bench",),
     ("cli", "__main__"),
 ]
 

@@ -13,9 +13,9 @@ from finestep.agent.protocol import get_protocol
 from finestep.agent.rollout import RolloutConfig, rollout
 from finestep.cli import main
 from finestep.data import load_spider
-from finestep.eval.episodes import episode_metrics, score_episodes
 from finestep.models import build_tiny_model, load_tokenizer
-from finestep.rewards import RewardConfig
+from finestep.rewards import RewardConfig, score_episodes
+from finestep.rewards.episodes import episode_metrics
 from finestep.sql.executor import SqlSandbox
 
 

@@ -260,18 +260,28 @@ class Protocol(ABC):
         turns_left: int | None = None,
         fmt: ObservationFormat = ObservationFormat(),
     ) -> str:
-        r"""The text appended after a tool call: ``"\n" + observation + "\n"``.
+        r"""The text appended after a tool call: ``"\n" + observation + "\n"``, the body of
+        ``observation_body`` in this protocol's wrapper."""
+        return "\n" + self.wrap_observation(self.observation_body(result, error, turns_left, fmt)) + "\n"
+
+    def observation_body(
+        self,
+        result: ExecutionResult | None,
+        error: str | None = None,
+        turns_left: int | None = None,
+        fmt: ObservationFormat = ObservationFormat(),
+    ) -> str:
+        """What an observation says, without its wrapper (what a chat template's tool message holds).
 
         ``result`` is the executed query's result; ``None`` for a format error (``error``, the
         ``Action.error``), which is reported with a reminder of the action format.
         """
         if result is not None:
-            body = format_observation_body(result, turns_left, fmt)
-        else:
-            body = f"Format error: {error or 'no action'}; {self.format_reminder}"
-            if turns_left is not None:
-                body += f"\nTurns left: {turns_left}"
-        return "\n" + self.wrap_observation(body) + "\n"
+            return format_observation_body(result, turns_left, fmt)
+        body = f"Format error: {error or 'no action'}; {self.format_reminder}"
+        if turns_left is not None:
+            body += f"\nTurns left: {turns_left}"
+        return body
 
     @property
     def format_reminder(self) -> str:

@@ -26,9 +26,9 @@ from finestep.config import to_dict
 from finestep.data.sqlworld import WORLD_TIERS, ExpertConfig, World, build_world, load_world, write_jsonl
 from finestep.data.task import Task
 from finestep.env import SqlEnv
-from finestep.eval.episodes import episode_metrics
 from finestep.models import build_tiny_model, load_model, load_tokenizer
 from finestep.rewards import RewardConfig, score_episodes
+from finestep.rewards.episodes import episode_metrics
 from finestep.sql.executor import execute, shared_sandbox
 from finestep.train.config import TinyModelConfig, TrainConfig, load_train_config
 from finestep.train.rl import RLTrainer

@@ -14,11 +14,11 @@ from finestep.agent.rollout import RolloutConfig, rollout
 from finestep.agent.trajectory import Trajectory
 from finestep.atomic import atomic_write_json, atomic_write_text
 from finestep.data.task import Benchmark, Task
-from finestep.eval.episodes import episode_metrics
 from finestep.eval.execution import EvalReport, score_predictions
 from finestep.eval.predictions import BIRD_SEPARATOR
 from finestep.eval.voting import majority_vote, mean_pass_at_k, pass_at_k_levels
 from finestep.rewards import RewardConfig, score_episodes
+from finestep.rewards.episodes import episode_metrics
 from finestep.sql.executor import SqlSandbox, shared_sandbox
 
 __all__ = ["SampledEval", "ask", "predictions_text", "run_agent_eval", "run_sampled_eval"]

@@ -34,9 +34,9 @@ from verl.utils.profiler import simple_timer
 
 from finestep.agent.protocol import ObservationFormat, get_protocol
 from finestep.agent.trajectory import END_BUDGET
-from finestep.eval.episodes import episode_metrics
 from finestep.integrations.verl_layout import configs_from_verl
 from finestep.integrations.verl_sql import SqlEpisode, task_from_extra_info
+from finestep.rewards.episodes import episode_metrics
 from finestep.sql.executor import SandboxLimits, shared_sandbox
 
 __all__ = ["FineStepAgentLoopOutput", "FineStepSqlAgentLoop", "stop_params"]

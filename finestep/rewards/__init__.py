@@ -1,5 +1,6 @@
 """Rewards: the outcome reward R, the process rules r_t (one registry), the logical links between steps, and the one
-scoring path from trajectories to the estimators' ``StepBatch`` (``scoring``)."""
+scoring path from trajectories to the estimators' ``StepBatch`` (``scoring``), and the episode metrics (``episodes``:
+EX, tool calls, redundant-call and error rates) that training, evaluation and the integrations report."""
 
 from finestep.rewards.config import LinkConfig, OutcomeConfig, ProcessConfig, RewardConfig
 from finestep.rewards.links import step_links

@@ -24,10 +24,10 @@ from finestep.atomic import atomic_write_text
 from finestep.config import to_dict
 from finestep.credit import StepAdvantages, StepBatch
 from finestep.data.task import Task
-from finestep.eval.episodes import episode_metrics
 from finestep.models import build_tiny_model, load_model, load_tokenizer
 from finestep.models.loading import resolve_device
 from finestep.rewards import score_episodes
+from finestep.rewards.episodes import episode_metrics
 from finestep.sql.executor import shared_sandbox
 from finestep.train.batch import build_token_batch, credit_rollout
 from finestep.train.checkpoint import (

@@ -1,7 +1,7 @@
 """The efficiency metrics of FINESTEP.md over scored rollout episodes (EX, tool calls, redundant calls, errors).
 
-Scoring itself is ``finestep.rewards.scoring`` (``score_episodes``, re-exported here with ``EpisodeScore``, its
-``ScoredTrajectory``, for older callers); evaluation only consumes the scores.
+Scoring itself is ``finestep.rewards.scoring``; these metrics only consume its scores. They live below training,
+evaluation, the bench and the integrations, which all report them (ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -9,12 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from finestep.agent.trajectory import Trajectory
-from finestep.rewards.scoring import ScoredTrajectory, score_episodes
+from finestep.rewards.scoring import ScoredTrajectory
 from finestep.sql.analysis import canonical_sql
 
-__all__ = ["EpisodeScore", "episode_metrics", "score_episodes"]
-
-EpisodeScore = ScoredTrajectory
+__all__ = ["episode_metrics"]
 
 
 def _repeats(trajectory: Trajectory) -> int:
