@@ -201,7 +201,7 @@ def test_every_config_key_has_help_and_help_config_prints_it(capsys: pytest.Capt
     defaults = {key: default for key, default, _ in rows}
     assert defaults["rollout.group_size"] == 4 and defaults["optim.betas"] == (0.9, 0.999)
     assert defaults["rewards.process.weights"] == dict.fromkeys(
-        ["executes", "redundant", "grounded", "progress", "format"], 1.0)
+        ["executes", "redundant", "grounded", "progress", "format", "reveals_gold", "repairs"], 1.0)
     with pytest.raises(SystemExit) as exit_info:  # like --help: no --config needed
         main(["train", "--help-config"])
     assert exit_info.value.code == 0
