@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,16 @@ def test_rows_are_measured_without_building_their_text(db: Path) -> None:
 # --- Ctrl-C ------------------------------------------------------------------------------------------------
 
 
-def test_ctrl_c_in_process_is_an_interrupt_not_a_timeout(db: Path) -> None:
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """Ctrl-C as a terminal delivers it, even when pytest was started with SIGINT ignored (a background job of a
+    non-interactive shell): Python then installs no KeyboardInterrupt handler and children inherit the SIG_IGN."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_in_process_is_an_interrupt_not_a_timeout(db: Path, ctrl_c: None) -> None:
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     start = time.perf_counter()
@@ -141,7 +151,7 @@ def _interrupt(process: subprocess.Popen[str], after_s: float) -> tuple[int, flo
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_finestep_sql_with_exit_130(db: Path) -> None:
+def test_ctrl_c_stops_finestep_sql_with_exit_130(db: Path, ctrl_c: None) -> None:
     process = _finestep("sql", "--db", str(db), "--timeout", "60", INSTR)
     code, waited, out, err = _interrupt(process, 3.0)
     assert code == 130 and waited < 1.0, (code, waited, err)
@@ -149,7 +159,7 @@ def test_ctrl_c_stops_finestep_sql_with_exit_130(db: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_finestep_eval_within_a_second_without_output(tmp_path: Path) -> None:
+def test_ctrl_c_stops_finestep_eval_within_a_second_without_output(tmp_path: Path, ctrl_c: None) -> None:
     from tests.test_eval_runaways import write_runaway_benchmark
 
     data, preds = write_runaway_benchmark(tmp_path, n_runaways=8, n_normal=8)
