@@ -58,13 +58,10 @@ def _normalize(values: list[float], sources: list[int], mode: str, eps: float) -
     n = len(values)
     if mode == "none":
         return list(values)
-    k = len(set(sources))
-    if n < 2 or k < 2:
+    std = _sample_std(values, len(set(sources)))
+    if std == 0.0:
         return [0.0] * n
     mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n * (k - 1) / k))
-    if std <= ZERO_SPREAD_RTOL * (1 + abs(mean)):
-        return [0.0] * n
     if mode == "center":
         return [v - mean for v in values]
     return [(v - mean) / (std + eps) for v in values]
@@ -87,12 +84,9 @@ def _normalize_buckets(buckets: dict, mode: str, eps: float, out: dict[int, floa
 
 def _centre_or_none(values: list[float], sources: list[int]) -> list[float] | None:
     """One bucket's values minus their mean, or None if the bucket is degenerate (it then gives 0)."""
-    n, k = len(values), len(set(sources))
-    if n < 2 or k < 2:
+    if _sample_std(values, len(set(sources))) == 0.0:
         return None
-    mean = sum(values) / n
-    if math.sqrt(sum((v - mean) ** 2 for v in values) / (n * (k - 1) / k)) <= ZERO_SPREAD_RTOL * (1 + abs(mean)):
-        return None
+    mean = sum(values) / len(values)
     return [v - mean for v in values]
 
 
@@ -115,13 +109,7 @@ def _ref_process_v2(p_buckets: dict, config: CreditConfig, A_P: dict[int, float]
                 live.append((s, i, c))
     if config.normalize == "center" or config.process_scale == "none":
         return
-    n, k = len(live), len({i for _, i, _ in live})
-    std = 0.0
-    if n >= 2 and k >= 2:
-        mean = sum(c for _, _, c in live) / n
-        std = math.sqrt(sum((c - mean) ** 2 for _, _, c in live) / (n * (k - 1) / k))
-        if std <= ZERO_SPREAD_RTOL * (1 + abs(mean)):
-            std = 0.0
+    std = _sample_std([c for _, _, c in live], len({i for _, i, _ in live}))
     for s, c in list(A_P.items()):
         A_P[s] = c / (std + config.eps) if std > 0 else 0.0
 
