@@ -230,3 +230,47 @@ def test_pipeline_builds_a_hard_world_from_config(tmp_path: Path) -> None:
         load_task_data(replace(config.data, world_tier="default"))
     with pytest.raises(ValueError, match="PipelineConfig.tier: unknown tier 'medium'"):
         PipelineConfig(tier="medium")
+
+
+# --- benchmarks/hard_facts.py: which facts an answer writes as stored ---------------------------------------
+
+
+def _hard_facts_module():  # type: ignore[no-untyped-def]
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "hard_facts.py"
+    spec = importlib.util.spec_from_file_location("hard_facts_bench", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hard_facts_gold_writes_every_fact_and_skip_answers_miss_the_required(world: World) -> None:
+    facts = _hard_facts_module()
+    for task in world.train:
+        lookups = world.meta[task.id].lookups
+        assert all(facts.fact_written(lookup, task.gold_sql) for lookup in lookups), task.gold_sql
+        for lookup in lookups:  # the answer with this one fact as the question says it
+            assert facts.fact_written(lookup, lookup.skip_sql) == (not lookup.required), (lookup, lookup.skip_sql)
+    table = facts.fact_table(world.train, world.meta, [t.gold_sql for t in world.train],
+                             [set() for _ in world.train])  # fmt: skip
+    assert {row["written"] for row in table.values()} == {1.0} and {row["looked_up"] for row in table.values()} == {0.0}
+    n_facts = sum(len(world.meta[t.id].lookups) for t in world.train)
+    assert sum(row["facts"] for row in table.values()) == n_facts
+
+
+def test_hard_facts_counts_a_hand_written_answer() -> None:
+    facts = _hard_facts_module()
+    unit = Lookup("unit", "titles", "price", "SELECT price FROM titles LIMIT 3", "50", "5000", None, True, "", "")
+    value = Lookup("value", "authors", "nationality", "SELECT DISTINCT nationality FROM authors", "Japan", "JAPAN",
+                   "JAPAN", True, "", "")  # fmt: skip
+    assert facts.fact_written(unit, "SELECT 1 FROM t WHERE price > 5000")
+    assert not facts.fact_written(unit, "SELECT 1 FROM t WHERE price > 50000")
+    assert not facts.fact_written(unit, "SELECT 1 FROM t WHERE price > 5000.5")
+    assert facts.fact_written(value, "SELECT 1 FROM t WHERE nationality = 'JAPAN'")
+    assert not facts.fact_written(value, "SELECT 1 FROM t WHERE nationality = 'Japan'")
+    assert facts._columns_read("SELECT DISTINCT Nationality FROM Authors") == {"authors.nationality"}
+    assert facts._columns_read("SELECT count(*) FROM authors") == set()

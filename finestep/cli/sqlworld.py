@@ -107,7 +107,7 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
     from finestep.bench.compare import run_bench
-    from finestep.bench.pipeline import PipelineConfig, pipeline_paths, prepare
+    from finestep.bench.pipeline import bench_pipeline, pipeline_paths, prepare
     from finestep.train.config import load_train_config
 
     estimators = [name.strip() for name in args.estimators.split(",") if name.strip()]
@@ -122,7 +122,7 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
                                                  *args.overrides])  # fmt: skip
         console.print(f"preparing the world ({config.data.world_tier} tier) and the warm start (shared by every run)")
         with stage_reporter(console) as say:
-            pipeline = PipelineConfig(seed=args.world_seed, tier=config.data.world_tier)
+            pipeline = bench_pipeline(config.data.world_tier, args.world_seed)
             paths = prepare(args.out, pipeline, config.rollout, say)
         common = [f"data.path={paths['world']}", f"model.path={paths['sft']}", *common]
     else:
