@@ -1,16 +1,19 @@
 """What the engines other than SQLite share: the text checks before a query runs, a deadline timer, value
-conversion to SQLite's Python types, and the capped fetch."""
+conversion to SQLite's Python types, the capped fetch, and catalog rows made into tables."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from finestep.sql.engine import ErrorKind, ExecutionResult, SandboxLimits, _fetch_capped, strip_sql
+from finestep.sql.engines.catalog import Column, Declared, Table
 
-__all__ = ["Deadline", "ValueCursor", "checked_text", "failed", "fetch_result", "plain_value"]
+__all__ = ["Deadline", "ValueCursor", "catalog_rows", "checked_text", "failed", "fetch_result", "plain_value",
+           "tables_from_catalog"]  # fmt: skip
 
 
 def failed(start: float, kind: str, message: str) -> ExecutionResult:
@@ -96,3 +99,40 @@ def fetch_result(cursor: Any, columns: tuple[str, ...], limits: SandboxLimits, s
     rows, nbytes, truncated_rows, truncated_bytes = _fetch_capped(cursor, limits)
     return ExecutionResult(columns=columns, rows=tuple(rows), elapsed_s=time.perf_counter() - start,
                            truncated_rows=truncated_rows, truncated_bytes=truncated_bytes, nbytes=nbytes)  # fmt: skip
+
+
+def catalog_rows(engine: Any, conn: Any, sql: str, limits: SandboxLimits) -> tuple[tuple[Any, ...], ...]:
+    """The rows of catalog query ``sql`` run by ``engine`` on ``conn`` (no row or byte cap: the catalog is trusted
+    text of bounded size); :class:`RuntimeError` when it fails (a catalog that cannot be read is no schema)."""
+    result = engine.run(conn, sql, replace(limits, max_rows=10**7, max_bytes=2**30))
+    if not result.ok:
+        raise RuntimeError(f"cannot read the catalog: {result.error}")
+    return result.rows
+
+
+def tables_from_catalog(columns: Sequence[Sequence[Any]], keys: Sequence[Sequence[Any]]) -> list[Table]:
+    """Tables from catalog rows: ``columns`` as ``(table, table comment, column, type)`` in table then column order;
+    ``keys`` as ``(table, 'p' or 'f', column, referenced table, referenced column)``, each key's columns in order.
+    Tables whose comments record their declared schema (``finestep db import``) show it, in its order."""
+    order: dict[str, list[Column]] = {}
+    comments: dict[str, str | None] = {}
+    for table, comment, column, kind in columns:
+        order.setdefault(table, []).append(Column(column, str(kind), False))
+        comments[table] = comment
+    primary: dict[str, set[str]] = {}
+    foreign: dict[str, list[tuple[str, str, str]]] = {}
+    for table, kind, column, ref_table, ref_column in keys:
+        if kind == "p":
+            primary.setdefault(table, set()).add(column)
+        else:
+            foreign.setdefault(table, []).append((column, ref_table or "", ref_column or ""))
+    tables, positions = [], []
+    for table, cols in order.items():
+        key = primary.get(table, set())
+        found = Table(table, tuple(replace(c, primary_key=c.name in key) for c in cols), tuple(foreign.get(table, ())))
+        declared = Declared.parse(comments[table])
+        tables.append(found if declared is None else declared.apply(found))
+        positions.append(None if declared is None else declared.position)
+    if None not in positions:  # all imported: the source's order (DuckDB's catalog does not keep it)
+        tables = [t for _, t in sorted(zip(positions, tables), key=lambda pair: pair[0])]
+    return tables
