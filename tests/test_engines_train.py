@@ -273,6 +273,9 @@ def test_eval_takes_a_bird_gold_file_written_for_postgresql(
     report = json.loads(out.read_text())
     assert report["ex"] == 100.0 and report["n_scored"] == 3 and report["n_not_comparable"] == 1
     assert report["not_comparable_by_reason"] == {"fails on the engine: schema": 1}
+    (tmp_path / "empty").mkdir()  # the engine's gold needs no SQLite file
+    assert main([*args[:3], "--data", str(tmp_path / "empty"), *args[5:], "--engine-gold"]) == 0
+    assert json.loads(out.read_text())["n_correct"] == 3
     # Without --engine-gold the gold is taken for SQLite's, which cannot run the PostgreSQL-only queries.
     assert main(args) == 0
     reasons = json.loads(out.read_text())["not_comparable_by_reason"]

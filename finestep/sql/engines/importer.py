@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from finestep.sql.engines import EngineError, database_for, engine_for
 from finestep.sql.engine import SandboxLimits
-from finestep.sql.engines.catalog import Column, Declared
+from finestep.sql.engines import EngineError, database_for, engine_for
+from finestep.sql.engines.catalog import Column, Declared, Table
 from finestep.sql.engines.sqlite import SqliteEngine
 
 __all__ = ["ImportReport", "find_databases", "import_benchmark", "import_database", "reader_url"]
@@ -203,14 +203,13 @@ def _sample_order(conn: sqlite3.Connection, table: str, column: Column, name: Ca
     return tuple(terms)
 
 
-def _declared(conn: sqlite3.Connection, table: str, position: int, lower: bool) -> str:
-    """The comment recording ``table``'s declared schema as SQLite's catalog gives it (the schema prompt on SQLite),
+def _declared(conn: sqlite3.Connection, source: Table, position: int, lower: bool) -> str:
+    """The comment recording ``source``'s declared schema as SQLite's catalog gives it (the schema prompt on SQLite),
     in the target's names (:class:`~finestep.sql.engines.catalog.Declared`)."""
     def name(text: str) -> str:
         return text.lower() if lower else text
 
-    source = next(t for t in SqliteEngine().catalog(conn, SandboxLimits()) if t.name == table)
-    orders = {name(c.name): _sample_order(conn, table, c, name) for c in source.columns}
+    orders = {name(c.name): _sample_order(conn, source.name, c, name) for c in source.columns}
     return Declared(
         position, {name(c.name): c.type for c in source.columns}, tuple(name(c.name) for c in source.columns if c.primary_key),
         tuple((name(a), name(b), name(c)) for a, b, c in source.foreign_keys), {c: o for c, o in orders.items() if o},
@@ -270,7 +269,8 @@ def import_database(source: str | os.PathLike[str], target: str, admin_url: str 
     src = sqlite3.connect(f"file:{os.path.abspath(source)}?mode=ro", uri=True)
     out = _create_target(engine, target, admin_url)
     try:
-        tables = [t.name for t in SqliteEngine().catalog(src, SandboxLimits())]  # in the schema prompt's order
+        catalog = SqliteEngine().catalog(src, SandboxLimits())  # the tables in the schema prompt's order
+        tables = [t.name for t in catalog]
         keys: dict[str, list[str]] = {}
         for position, table in enumerate(tables):
             columns = _plan_columns(src, table, lower, report)
@@ -282,7 +282,7 @@ def import_database(source: str | os.PathLike[str], target: str, admin_url: str 
                 body.append("PRIMARY KEY (" + ", ".join(_quote(k.lower() if lower else k) for k in key) + ")")
             name = _quote(table.lower() if lower else table)
             out.execute(f"CREATE TABLE {name} ({', '.join(body)})")
-            comment = _declared(src, table, position, lower)
+            comment = _declared(src, catalog[position], position, lower)
             out.execute(f"COMMENT ON TABLE {name} IS '" + comment.replace("'", "''") + "'")
             src.text_factory = str
             if engine == "postgres":
