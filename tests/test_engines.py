@@ -165,9 +165,9 @@ def test_the_deadline_stops_only_late_work_and_waits_for_a_stop_under_way() -> N
         time.sleep(0.1)  # the deadline passes inside the block; leaving it waits for the stop under way
     assert late.fired and calls == ["stopped"]
     start = time.perf_counter()
-    with Deadline(5.0, lambda: calls.append("outer")) as outer:  # the watchdog sleeps until this one...
-        with Deadline(0.05, lambda: calls.append("inner")) as inner:  # ...and is woken for an earlier one
-            while not inner.fired and time.perf_counter() - start < 2.0:
-                time.sleep(0.01)
+    # the watchdog sleeps until the outer deadline and is woken for the earlier, inner one
+    with Deadline(5.0, lambda: calls.append("outer")) as outer, Deadline(0.05, lambda: calls.append("inner")) as inner:
+        while not inner.fired and time.perf_counter() - start < 2.0:
+            time.sleep(0.01)
     assert inner.fired and not outer.fired and calls == ["stopped", "inner"]
     assert time.perf_counter() - start < 1.0
