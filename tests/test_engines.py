@@ -14,6 +14,7 @@ import pytest
 from finestep.agent.protocol import ObservationFormat, format_observation
 from finestep.cli import main
 from finestep.sql.engines import EngineError, database_for, engine_for, execute, get_engine
+from finestep.sql.engines.common import Deadline
 from finestep.sql.engines.hostile import HOSTILE, verdict
 from finestep.sql.engines.importer import import_benchmark, import_database, reader_url
 from finestep.sql.executor import SandboxLimits, SqlSandbox
@@ -148,3 +149,25 @@ def test_finestep_sql_and_db_import_take_engine_urls(tmp_path: Path, pg_server, 
     for db in (f"duckdb:{tmp_path / 'duck' / 'cli_league.duckdb'}", pg):
         assert main(["sql", "--db", db, "SELECT count(*) FROM numbers"]) == 0
         assert "200" in capsys.readouterr().out
+
+
+def test_the_deadline_stops_only_late_work_and_waits_for_a_stop_under_way() -> None:
+    calls: list[str] = []
+    with Deadline(10.0, lambda: calls.append("early")) as quick:
+        pass
+    assert not quick.fired
+
+    def slow_stop() -> None:
+        time.sleep(0.2)
+        calls.append("stopped")
+
+    with Deadline(0.05, slow_stop) as late:
+        time.sleep(0.1)  # the deadline passes inside the block; leaving it waits for the stop under way
+    assert late.fired and calls == ["stopped"]
+    start = time.perf_counter()
+    # the watchdog sleeps until the outer deadline and is woken for the earlier, inner one
+    with Deadline(5.0, lambda: calls.append("outer")) as outer, Deadline(0.05, lambda: calls.append("inner")) as inner:
+        while not inner.fired and time.perf_counter() - start < 2.0:
+            time.sleep(0.01)
+    assert inner.fired and not outer.fired and calls == ["stopped", "inner"]
+    assert time.perf_counter() - start < 1.0

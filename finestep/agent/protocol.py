@@ -442,20 +442,23 @@ def build_messages(
     max_turns: int = 5,
     protocol: str | Protocol = "tags",
     brief: bool = False,
+    database: str = "SQLite",
 ) -> list[dict[str, str]]:
     """The chat of a task's prompt: ``[system (protocol instructions), user (schema, evidence, question)]``.
 
-    Empty or blank evidence is left out; ``brief`` uses the protocol's two-line instructions.
+    Empty or blank evidence is left out; ``brief`` uses the protocol's two-line instructions. ``database``: the
+    engine the SQL runs on, as the instructions name it (``SQLite``; ``DuckDB`` or ``PostgreSQL`` for a database
+    of another engine: the instructions' "a SQLite database" then names it instead).
     """
     parts = [f"Database schema:\n{schema.strip()}"]
     if evidence and evidence.strip():
         parts.append(f"External knowledge: {evidence.strip()}")
     parts.append(f"Question: {task_question.strip()}")
-    return [
-        {"role": "system", "content": (get_protocol(protocol).brief_instructions(max_turns) if brief
-                                       else get_protocol(protocol).instructions(max_turns))},
-        {"role": "user", "content": "\n\n".join(parts)},
-    ]
+    chosen = get_protocol(protocol)
+    system = chosen.brief_instructions(max_turns) if brief else chosen.instructions(max_turns)
+    if database != "SQLite":
+        system = system.replace("a SQLite database", f"a {database} database")
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
 def _as_ids(encoded: Any) -> list[int]:

@@ -44,6 +44,8 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
     if args.keep_distinct and metric != "spider":
         raise DataError("--keep-distinct is an option of --metric spider (test-suite-sql-eval's --keep_distinct)")
     limits = SandboxLimits(**{**EVAL_LIMITS.__dict__, "timeout_s": args.timeout})
+    if (args.transpile_gold or args.transpile_predictions or args.engine_gold) and not args.engine:
+        raise DataError("--transpile-gold, --transpile-predictions and --engine-gold are options of --engine")
     reasons: dict[int, str] = {}
     if args.engine:
         benchmark, predictions, reasons = _on_engine(args, benchmark, predictions, metric, limits)
@@ -55,7 +57,7 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
             on_progress=lambda n: progress.update(bar, completed=n), keep_distinct=args.keep_distinct,
         )  # fmt: skip
     if args.engine:
-        from finestep.eval.engines import reason_counts
+        from finestep.data.engines import reason_counts
         from finestep.eval.execution import QuestionScore
 
         report.scores = [QuestionScore(q.index, q.id, q.db_id, q.difficulty, None, f"not comparable: {reasons[q.index]}")
@@ -72,21 +74,29 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
 
 def _on_engine(args: argparse.Namespace, benchmark, predictions, metric: str, limits):
-    """The benchmark on ``--engine``, its gold transpiled, and the questions that are not comparable there."""
+    """The benchmark on ``--engine``, its gold transpiled, and the questions that are not comparable there (with
+    ``--engine-gold``: the gold as given, and the questions whose gold does not run there)."""
     from dataclasses import replace
 
-    from finestep.eval.engines import _column_names, comparable_tasks, on_engine, transpile
+    from finestep.eval.engines import column_names, comparable_tasks, on_engine, runnable_tasks, transpile
     from finestep.eval.official import Scorer
+    from finestep.sql.engines import engine_for
 
+    if args.engine_gold and (args.transpile_gold or args.transpile_predictions):
+        raise DataError("--engine-gold: the gold is the engine's own SQL already; leave out --transpile-gold and "
+                        "--transpile-predictions")  # fmt: skip
     moved = on_engine(benchmark, args.engine)
-    lite = benchmark.available
     scorer = Scorer(metric, args.keep_distinct)
     official = replace(limits, verbatim=True, text_errors=scorer.text_errors)
-    gold, reasons = comparable_tasks(lite, [moved.tasks[t.index] for t in lite], scorer, args.transpile_gold, official)
+    if args.engine_gold:
+        gold, reasons = runnable_tasks(moved.available, official)
+    else:
+        lite = benchmark.available
+        gold, reasons = comparable_tasks(lite, [moved.tasks[t.index] for t in lite], scorer, args.transpile_gold,
+                                         official)  # fmt: skip
     tasks = [replace(t, gold_sql=gold[t.index]) if t.index in gold else t for t in moved.tasks]
     moved = type(benchmark).from_tasks(benchmark.name, benchmark.source, tasks)
-    engine = args.engine.split(":", 1)[0]
-    engine = "postgres" if engine.startswith("postgres") else engine
+    engine = engine_for(args.engine).name
     out = []
     for task, pred in zip(benchmark.tasks, predictions):
         if pred is None or task.index in reasons or task.index not in gold:
@@ -94,7 +104,7 @@ def _on_engine(args: argparse.Namespace, benchmark, predictions, metric: str, li
             continue
         if args.transpile_predictions:
             try:
-                pred = transpile(pred, engine, _column_names(str(task.db_path)))
+                pred = transpile(pred, engine, column_names(str(task.db_path)))
             except ValueError:
                 pass  # the prediction runs as written and fails on the engine, as a model's would
         out.append(pred)
@@ -146,6 +156,9 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
                     "to the engine's dialect with sqlglot")  # fmt: skip
     ev.add_argument("--transpile-predictions", action="store_true", help="with --engine: the predictions are "
                     "SQLite too; transpile them the same way")  # fmt: skip
+    ev.add_argument("--engine-gold", action="store_true", help="with --engine: the gold file's SQL is written for "
+                    "the engine (BIRD's mini_dev_postgresql.json): it runs there as given, not compared with SQLite; "
+                    "questions whose gold fails there are reported, not scored")  # fmt: skip
     ev.add_argument("--by", choices=["auto", "difficulty", "database"], default="auto", help="table breakdown")
     ev.set_defaults(handler=_cmd_eval)
 

@@ -62,6 +62,12 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
         dropped = ("both left out of training" if config.data.drop_empty_gold
                    else "the empty ones kept (data.drop_empty_gold=false), the failing left out")  # fmt: skip
         console.print(f"training data: {trainer.gold_check.summary()}; {dropped}", highlight=False)
+    if config.data.engine:
+        from finestep.data.engines import reason_counts
+
+        left = (f"; {len(trainer.not_on_engine)} tasks left out there {reason_counts(trainer.not_on_engine)}"
+                if trainer.not_on_engine else "")  # fmt: skip
+        console.print(f"engine {config.data.engine}: every database found{left}", highlight=False, soft_wrap=True)
     with _progress(console) as progress:
         bar = progress.add_task("training", total=config.trainer.max_steps, completed=trainer.step)
 

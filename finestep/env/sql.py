@@ -27,6 +27,7 @@ from finestep.agent.protocol import (
 from finestep.agent.trajectory import END_BUDGET, END_EOS, END_MAX_TURNS, END_SOLUTION, Step, Trajectory
 from finestep.data.task import Task
 from finestep.env.base import Environment, EnvStep, register_environment
+from finestep.sql.engines import engine_for
 from finestep.sql.executor import ExecutionResult, SqlSandbox, shared_sandbox
 from finestep.sql.schema import schema_prompt
 
@@ -87,10 +88,11 @@ class SqlEnv(Environment):
     # --- episode --------------------------------------------------------------------------------------------
 
     def prompt(self, task: Task) -> list[dict[str, str]]:
-        """The chat of a task's prompt: protocol instructions, then the schema, evidence and question."""
+        """The chat of a task's prompt: protocol instructions (naming the task database's engine), then the schema,
+        evidence and question (the schema's text is the same on every engine for an imported database)."""
         schema = cached_schema(str(task.db_path), *self.schema)
         return build_messages(task.question, schema, task.evidence, self.max_turns, self.protocol,
-                              self.brief_instructions)  # fmt: skip
+                              self.brief_instructions, engine_for(task.db_path).title)  # fmt: skip
 
     def reset(self, task: Task, sample: int = 0, prompt_ids: Sequence[int] | None = None) -> list[dict[str, str]]:
         messages = self.prompt(task)

@@ -8,7 +8,8 @@ One trajectory per line::
 
 Scoring a record (``finestep.rewards.scoring.score_record``) uses whatever is given as is; a missing
 ``outcome``, ``process_reward`` or ``links`` is computed by executing the steps' SQL (and the gold query) on
-``db_path`` in the sandbox. Malformed input raises :class:`DataError` naming the line and the field.
+``db_path`` in the sandbox (a SQLite file, or another engine's database: ``duckdb:PATH``,
+``postgresql://...``). Malformed input raises :class:`DataError` naming the line and the field.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class TrajectoryRecord:
     trajectory_id: str
     steps: list[dict[str, Any]]
     outcome: float | None
-    db_path: Path | None
+    db_path: Path | str | None  # a string: another engine's database (duckdb:PATH, postgresql://...)
     gold_sql: str | None
     question: str
     raw: dict[str, Any] = field(repr=False)
@@ -102,12 +103,21 @@ def _parse_line(text: str, where: str, db_root: Path) -> tuple[dict[str, Any], P
     solutions = [t for t, s in enumerate(raw["steps"]) if s["kind"] == "solution"]
     _expect(all(t == len(raw["steps"]) - 1 for t in solutions), f"{where}: field 'steps'",
             "a solution step must be the last step")  # fmt: skip
-    db_path = None
+    db_path: Path | str | None = None
     if raw.get("db_path"):
-        db_path = Path(raw["db_path"])
-        if not db_path.is_absolute():
-            db_path = db_root / db_path
+        db_path = _database(raw["db_path"], db_root)
     return raw, db_path
+
+
+def _database(text: str, db_root: Path) -> Path | str:
+    """A record's ``db_path``: a SQLite path (relative to ``db_root``), ``duckdb:PATH`` (the same) or a server's URL."""
+    if text.startswith(("postgresql://", "postgres://")):
+        return text
+    if text.startswith("duckdb:"):
+        path = Path(text[len("duckdb:"):])
+        return "duckdb:" + str(path if path.is_absolute() else db_root / path)
+    path = Path(text)
+    return path if path.is_absolute() else db_root / path
 
 
 def read_trajectories(path: str | Path, db_root: str | Path | None = None) -> list[TrajectoryRecord]:

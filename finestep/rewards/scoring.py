@@ -31,6 +31,7 @@ from finestep.rewards.outcome import outcome_reward
 from finestep.rewards.process import process_rewards, total_process_reward
 from finestep.rewards.records import TrajectoryRecord
 from finestep.sql.analysis import canonical_sql
+from finestep.sql.engines import engine_for
 from finestep.sql.executor import ExecutionResult, SqlSandbox
 from finestep.sql.schema import schema_columns
 
@@ -117,7 +118,8 @@ def _context(question: str, evidence: str) -> str:
 def score_episodes(
     trajectories: Sequence[Trajectory], sandbox: SqlSandbox, config: RewardConfig
 ) -> list[ScoredTrajectory]:
-    """Rewards of every rollout trajectory; the gold query of each task runs once (through the sandbox's cache)."""
+    """Rewards of every rollout trajectory; the gold query of each task runs once (through the sandbox's cache), on
+    the task's own database: the engine its episodes ran their SQL on (``data.engine`` moves both)."""
     scores = []
     for traj in trajectories:
         task = traj.task
@@ -156,10 +158,13 @@ def score_record(record: TrajectoryRecord, sandbox: SqlSandbox, config: RewardCo
     if missing:
         if record.db_path is None:
             raise DataError(f"{where}: field 'db_path' is needed to compute {', '.join(missing)}")
-        if not record.db_path.is_file():
-            raise DataError(f"{where}: field 'db_path': database file not found: {record.db_path}")
-        if not _is_sqlite_file(record.db_path):
-            raise DataError(f"{where}: field 'db_path': not a SQLite database: {record.db_path}")
+        if isinstance(record.db_path, Path):
+            if not record.db_path.is_file():
+                raise DataError(f"{where}: field 'db_path': database file not found: {record.db_path}")
+            if not _is_sqlite_file(record.db_path):
+                raise DataError(f"{where}: field 'db_path': not a SQLite database: {record.db_path}")
+        elif not engine_for(record.db_path).exists(record.db_path):
+            raise DataError(f"{where}: field 'db_path': database not found: {record.db_path}")
         results = [sandbox.execute(record.db_path, s["sql"]) if s.get("sql") else None for s in record.steps]
         if record.gold_sql is not None:
             gold = sandbox.execute(record.db_path, record.gold_sql)

@@ -15,50 +15,19 @@ The text is capped at ``max_chars``: when over, sample values are dropped first,
 from __future__ import annotations
 
 import os
-import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import replace
 from functools import lru_cache
 
-from finestep.sql.executor import SandboxLimits, open_readonly
+from finestep.sql.engine import SandboxLimits
+from finestep.sql.engines import engine_for
+from finestep.sql.engines.catalog import Column, Table
 
 __all__ = ["Column", "Table", "read_schema", "schema_columns", "schema_prompt"]
 
 _SAMPLE_LIMITS = SandboxLimits(timeout_s=2.0, max_rows=50, max_bytes=2**20)
 
 
-@dataclass(frozen=True)
-class Column:
-    """One column: name, declared type, primary-key flag and a few distinct non-null sample values."""
-
-    name: str
-    type: str
-    primary_key: bool
-    samples: tuple[object, ...] = ()
-
-
-@dataclass(frozen=True)
-class Table:
-    """One table: its columns and its foreign keys as ``(column, ref_table, ref_column)``."""
-
-    name: str
-    columns: tuple[Column, ...]
-    foreign_keys: tuple[tuple[str, str, str], ...] = field(default_factory=tuple)
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
-def _samples(conn: sqlite3.Connection, table: str, column: str, k: int, max_value_chars: int) -> tuple[object, ...]:
-    # The inner LIMIT bounds the scan, so a table of millions of rows costs no more than a small one.
-    col = _quote(column)
-    query = (
-        f"SELECT DISTINCT {col} FROM (SELECT {col} FROM {_quote(table)} WHERE {col} IS NOT NULL LIMIT 1000) LIMIT {k}"
-    )
-    try:
-        values = [row[0] for row in conn.execute(query).fetchall()]
-    except sqlite3.Error:  # a time limit or an odd column; the schema is still useful without samples
-        return ()
+def _clip(values: tuple[object, ...], max_value_chars: int) -> tuple[object, ...]:
     clipped: list[object] = []
     for value in values:
         if isinstance(value, bytes):
@@ -72,33 +41,29 @@ def _samples(conn: sqlite3.Connection, table: str, column: str, k: int, max_valu
 def read_schema(
     db_path: str | os.PathLike[str], sample_values: int = 3, max_value_chars: int = 40
 ) -> list[Table]:
-    """The tables of ``db_path`` (read-only), each column with up to ``sample_values`` distinct samples."""
-    conn = open_readonly(db_path, _SAMPLE_LIMITS)
+    """The tables of database ``db_path`` (read-only; a SQLite path or another engine's database string,
+    :mod:`finestep.sql.engines`), each column with up to ``sample_values`` distinct samples.
+
+    The engine's catalog gives the tables in creation order and their columns and keys; a database made by
+    ``finestep db import`` shows the declared types and keys of its SQLite source, so the text is the same on
+    every engine (names aside: PostgreSQL's are lower case)."""
+    engine = engine_for(db_path)
+    db = os.fspath(db_path)
+    conn = engine.open(db, _SAMPLE_LIMITS)
     try:
-        names = [
-            row[0]
-            for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
-            )
-        ]
-        tables = []
-        for name in names:
-            info = conn.execute(f"PRAGMA table_info({_quote(name)})").fetchall()
-            columns = tuple(
-                Column(
-                    name=col[1],
-                    type=col[2] or "",
-                    primary_key=bool(col[5]),
-                    samples=_samples(conn, name, col[1], sample_values, max_value_chars) if sample_values > 0 else (),
-                )
-                for col in info
-            )
-            keys = conn.execute(f"PRAGMA foreign_key_list({_quote(name)})").fetchall()
-            foreign = tuple((fk[3], fk[2], fk[4] or "") for fk in keys)
-            tables.append(Table(name, columns, foreign))
-        return tables
+        tables = engine.catalog(conn, _SAMPLE_LIMITS)
+        if sample_values <= 0:
+            return tables
+        return [
+            replace(table, columns=tuple(
+                replace(c, samples=_clip(engine.samples(conn, table.name, c, sample_values, _SAMPLE_LIMITS),
+                                         max_value_chars))
+                for c in table.columns
+            ))
+            for table in tables
+        ]  # fmt: skip
     finally:
-        conn.close()
+        engine.close(conn)
 
 
 def _format_value(value: object) -> str:
@@ -165,11 +130,20 @@ def schema_prompt(
 
 
 @lru_cache(maxsize=256)
-def _schema_columns_cached(path: str, _size: int, _mtime_ns: int) -> dict[str, frozenset[str]]:
-    return {t.name.lower(): frozenset(c.name.lower() for c in t.columns) for t in read_schema(path, sample_values=0)}
+def _schema_columns_cached(db: str, _version: object) -> dict[str, frozenset[str]]:
+    return {t.name.lower(): frozenset(c.name.lower() for c in t.columns) for t in read_schema(db, sample_values=0)}
 
 
 def schema_columns(db_path: str | os.PathLike[str]) -> dict[str, frozenset[str]]:
-    """Lower-cased table name -> lower-cased column names of ``db_path`` (cached per file version)."""
-    stat = os.stat(db_path)
-    return _schema_columns_cached(os.path.abspath(db_path), stat.st_size, stat.st_mtime_ns)
+    """Lower-cased table name -> lower-cased column names of database ``db_path`` (cached per version of its
+    content: a file's path, size and time; a server's database string)."""
+    engine = engine_for(db_path)
+    db = os.fspath(db_path)
+    if engine.name == "sqlite":  # as before: the absolute path, size and modification time
+        path = db.removeprefix("sqlite:")
+        stat = os.stat(path)
+        return _schema_columns_cached(os.path.abspath(path), (stat.st_size, stat.st_mtime_ns))
+    version = engine.version(db)
+    if version is None:
+        raise FileNotFoundError(f"database not found: {db}")
+    return _schema_columns_cached(db, version)

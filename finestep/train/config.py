@@ -116,11 +116,21 @@ class DataConfig:
     drop_empty_gold: bool = option(True, help="spider/bird: leave out of training the tasks whose gold query "
                                    "returns no rows (an empty answer would earn full reward); those whose gold "
                                    "fails are always left out, held-out tasks never")  # fmt: skip
+    engine: str | None = option(None, help="train (and evaluate) on another engine: duckdb:DIR or a PostgreSQL URL "
+                                "prefix of the read-only role (postgresql://finestep_reader@HOST/?...), where "
+                                "finestep db import put the benchmark; each task's db_id names its database there "
+                                "(DIR/<db_id>.duckdb, database <db_id>). null: the benchmark's SQLite files. Tasks "
+                                "whose gold does not run or agree with SQLite there are left out (reported)")  # fmt: skip
+    transpile_gold: bool = option(True, help="with data.engine: transpile the SQLite gold queries to the engine's "
+                                  "dialect with sqlglot (as finestep eval --transpile-gold)")  # fmt: skip
 
     def __post_init__(self) -> None:
         check_range(self, "eval_databases", 0)
         check_range(self, "max_train_tasks", 1)
         check_range(self, "max_eval_tasks", 0)
+        if self.engine is not None and not self.engine.startswith(("duckdb:", "postgresql://", "postgres://")):
+            raise ValueError(f"engine: expected duckdb:DIR or a PostgreSQL URL prefix (postgresql://USER@HOST/...), "
+                             f"or null for the benchmark's SQLite files; got {self.engine!r}")  # fmt: skip
 
 
 @dataclass(frozen=True)

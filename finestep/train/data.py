@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from finestep.data import load_benchmark
+from finestep.data.engines import reason_counts, tasks_on_engine
 from finestep.data.hygiene import GoldCheck, check_gold
 from finestep.data.task import DataError, Task
+from finestep.sql.compare import results_match
+from finestep.sql.engine import SandboxLimits
 from finestep.train.config import DataConfig
 
 __all__ = ["TaskData", "TaskSampler", "load_task_data", "load_task_split"]
@@ -20,11 +24,12 @@ __all__ = ["TaskData", "TaskSampler", "load_task_data", "load_task_split"]
 @dataclass
 class TaskData:
     """Training and held-out tasks, and what the gold check found (``None`` for SQLWorld, whose gold queries
-    are verified when the world is built)."""
+    are verified when the world is built); with ``data.engine``, why each task left out there was (by task id)."""
 
     train: list[Task]
     evaluation: list[Task]
     gold_check: GoldCheck | None = None
+    not_on_engine: dict[str, str] = field(default_factory=dict)
 
 
 def _data_path(config: DataConfig) -> Path:
@@ -35,10 +40,30 @@ def _data_path(config: DataConfig) -> Path:
     raise DataError("data.path: required for benchmark bird (the folder with dev.json and dev_databases/)")
 
 
-def load_task_split(config: DataConfig) -> tuple[list[Task], list[Task]]:
+def load_task_split(config: DataConfig, metric: str = "bird") -> tuple[list[Task], list[Task]]:
     """``(train, evaluation)`` of :func:`load_task_data`."""
-    data = load_task_data(config)
+    data = load_task_data(config, metric)
     return data.train, data.evaluation
+
+
+def _on_engine(data: TaskData, config: DataConfig, metric: str) -> TaskData:
+    """``data`` with every task on ``data.engine`` (:mod:`finestep.data.engines`): each database must be there
+    (else :class:`DataError` naming the key and the db_id); tasks whose gold does not run or agree with SQLite
+    there (by the reward's ``metric``) are left out of training and evaluation, and reported."""
+    prefix = os.path.expandvars(str(config.engine))
+
+    def match(engine_rows: Sequence[tuple[Any, ...]], sqlite_rows: Sequence[tuple[Any, ...]], gold_sql: str) -> bool:
+        return results_match(engine_rows, sqlite_rows, gold_sql, metric)
+
+    tasks = data.train + data.evaluation
+    moved, reasons = tasks_on_engine(tasks, prefix, match, config.transpile_gold, SandboxLimits(), key="data.engine")
+    by_id = {t.id: t for t in moved}
+    train = [by_id[t.id] for t in data.train if t.id in by_id]
+    evaluation = [by_id[t.id] for t in data.evaluation if t.id in by_id]
+    if not train:
+        raise DataError(f"data.engine: no training task's gold query runs and agrees with SQLite on {prefix} "
+                        f"({reason_counts(reasons)}); try data.transpile_gold=true")  # fmt: skip
+    return TaskData(train, evaluation, data.gold_check, reasons)
 
 
 def _checked_training_tasks(candidates: list[Task], config: DataConfig) -> tuple[list[Task], GoldCheck]:
@@ -61,7 +86,7 @@ def _checked_training_tasks(candidates: list[Task], config: DataConfig) -> tuple
     return kept[:wanted], check
 
 
-def load_task_data(config: DataConfig) -> TaskData:
+def load_task_data(config: DataConfig, metric: str = "bird") -> TaskData:
     """Available tasks split by database: the first ``eval_databases`` databases (sorted) are held out.
 
     Spider and BIRD training tasks have their gold query checked (:mod:`finestep.data.hygiene`): those whose gold
@@ -69,7 +94,16 @@ def load_task_data(config: DataConfig) -> TaskData:
     Held-out tasks are never dropped. A SQLWorld world (``benchmark: sqlworld``, ``path``: its folder) keeps its own splits;
     ``eval_split`` names the evaluated one (``test``: unseen databases; ``valid`` or ``heldout``: new questions
     on training databases).
+
+    With ``data.engine`` the tasks are then moved to that engine (:func:`_on_engine`; ``metric``: the reward's,
+    which decides whether the engine's gold result agrees with SQLite's).
     """
+    data = _load_sqlite_tasks(config)
+    return _on_engine(data, config, metric) if config.engine else data
+
+
+def _load_sqlite_tasks(config: DataConfig) -> TaskData:
+    """The tasks on the benchmark's own SQLite files (:func:`load_task_data` without ``data.engine``)."""
     if config.benchmark == "sqlworld":
         from finestep.data.sqlworld import SPLITS, load_world
 

@@ -91,8 +91,9 @@ class RLTrainer:
             raise ValueError(f"{self.run_dir}: the run folder is a file")
         torch.manual_seed(config.trainer.seed)
         np.random.seed(config.trainer.seed)
-        data = load_task_data(config.data)
+        data = load_task_data(config.data, config.rewards.outcome.metric)
         self.train_tasks, self.eval_tasks, self.gold_check = data.train, data.evaluation, data.gold_check
+        self.not_on_engine = data.not_on_engine  # with data.engine: task id -> why it was left out there
         created = not self.run_dir.exists()
         try:
             self._set_up(resume)

@@ -9,7 +9,8 @@ A database is named by one string everywhere a path is accepted:
 
 Each engine is one :class:`Engine` subclass registered with :func:`register_engine`: how to open a database
 read-only, run one query within a :class:`~finestep.sql.engine.SandboxLimits`, classify its errors and stop it at
-its deadline. :func:`engine_for` picks the engine of a database string. The engine modules import their driver
+its deadline, and read its catalog (tables, columns, keys and sample values: the schema prompt,
+:mod:`finestep.sql.schema`). :func:`engine_for` picks the engine of a database string. The engine modules import their driver
 (``duckdb``, ``psycopg``) only when a database of theirs is opened, so a SQLite-only process never loads them.
 """
 
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from finestep.sql.engine import ErrorKind, ExecutionResult, SandboxLimits
+from finestep.sql.engines.catalog import Column, Table
 
 __all__ = [
     "ENGINE_MODULES",
@@ -35,6 +37,7 @@ __all__ = [
     "execute_on",
     "get_engine",
     "is_engine_url",
+    "quote_identifier",
     "register_engine",
 ]
 
@@ -48,17 +51,24 @@ class EngineError(RuntimeError):
     """A database cannot be opened as the sandbox requires (missing driver, unsafe role, bad URL)."""
 
 
+def quote_identifier(name: str) -> str:
+    """``name`` as a double-quoted SQL identifier (the same on every engine)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 class Engine:
     """How the sandbox uses one database engine. Subclasses override the methods below.
 
     Attributes:
         name: the registry key (``sqlite``, ``duckdb``, ``postgres``).
+        title: the engine as a prompt names it (``SQLite``, ``DuckDB``, ``PostgreSQL``).
         prefixes: the prefixes of the database strings it accepts (the default engine has none).
         caps_address_space_per_open: a worker re-caps its address space after opening a database of this engine
             (DuckDB reserves hundreds of MB of address space per database it opens).
     """
 
     name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
     prefixes: ClassVar[tuple[str, ...]] = ()
     caps_address_space_per_open: ClassVar[bool] = False
 
@@ -94,6 +104,32 @@ class Engine:
     def database(self, prefix: str, db_id: str) -> str:
         """The database string of benchmark database ``db_id`` under ``prefix`` (``finestep eval --engine``)."""
         raise NotImplementedError
+
+    def catalog(self, conn: Any, limits: SandboxLimits) -> list[Table]:
+        """The tables of a database open through :meth:`open`, in the order they were created, each with its columns
+        in order, its primary key and its foreign keys (no sample values)."""
+        raise NotImplementedError
+
+    def sample_sql(self, table: str, column: Column, k: int) -> str:
+        """A query for up to ``k`` distinct non-null values of ``column``, in the order they first come among the first
+        1,000 non-null rows the engine scans (a hash ``DISTINCT`` would lose that order, hence the numbering; the
+        inner ``LIMIT`` bounds the scan, so a table of millions of rows costs no more than a small one); with a
+        ``sample_order``, among the first 1,000 in that order (NULLs first, as in a SQLite index)."""
+        col, name = quote_identifier(column.name), quote_identifier(table)
+        if column.sample_order:
+            terms = ", ".join(f"{quote_identifier(c)} {'DESC NULLS LAST' if desc else 'ASC NULLS FIRST'}"
+                              for c, desc in column.sample_order)  # fmt: skip
+            inner = (f"SELECT {col} AS v, row_number() OVER (ORDER BY {terms}, {col}) AS n FROM {name} "
+                     f"WHERE {col} IS NOT NULL")  # fmt: skip
+            return f"SELECT v FROM ({inner}) AS s WHERE n <= 1000 GROUP BY v ORDER BY min(n) LIMIT {int(k)}"
+        return (f"SELECT v FROM (SELECT v, row_number() OVER () AS n FROM (SELECT {col} AS v FROM {name} "
+                f"WHERE {col} IS NOT NULL LIMIT 1000) AS s) AS r GROUP BY v ORDER BY min(n) LIMIT {int(k)}")  # fmt: skip
+
+    def samples(self, conn: Any, table: str, column: Column, k: int, limits: SandboxLimits) -> tuple[object, ...]:
+        """Up to ``k`` sample values of ``column`` (:meth:`sample_sql`); none when the query fails (a time limit, an
+        odd column: the schema is still useful without them)."""
+        result = self.run(conn, self.sample_sql(table, column, k), limits)
+        return tuple(row[0] for row in result.rows) if result.ok else ()
 
 
 def register_engine(cls: type[Engine]) -> type[Engine]:

@@ -16,10 +16,35 @@ from typing import Any
 
 from finestep.sql.engine import ErrorKind, ExecutionResult, SandboxLimits, file_version
 from finestep.sql.engines import Engine, EngineError, register_engine
-from finestep.sql.engines.common import Deadline, ValueCursor, checked_text, failed, fetch_result
+from finestep.sql.engines.catalog import Table
+from finestep.sql.engines.common import (
+    Deadline,
+    ValueCursor,
+    catalog_rows,
+    checked_text,
+    failed,
+    fetch_result,
+    tables_from_catalog,
+)
 
 __all__ = ["DuckdbEngine", "duckdb_config"]
 
+# The catalog of the database's own schema (``main``), tables in creation order (their oids), columns in order.
+_COLUMNS = """
+SELECT t.table_name, t.comment, c.column_name, c.data_type
+  FROM duckdb_tables() t JOIN duckdb_columns() c ON c.table_oid = t.table_oid
+ WHERE t.database_name = current_database() AND t.schema_name = current_schema() AND NOT t.internal
+       AND NOT t.temporary
+ ORDER BY t.table_oid, c.column_index
+"""
+_KEYS = """
+SELECT table_name, CASE constraint_type WHEN 'PRIMARY KEY' THEN 'p' ELSE 'f' END,
+       unnest(constraint_column_names), referenced_table, unnest(referenced_column_names)
+  FROM duckdb_constraints()
+ WHERE database_name = current_database() AND schema_name = current_schema()
+       AND constraint_type IN ('PRIMARY KEY', 'FOREIGN KEY')
+ ORDER BY table_oid, constraint_index
+"""
 _READ_STATEMENTS = frozenset({"SELECT", "EXPLAIN", "PRAGMA"})
 # DuckDB types whose Python values are not SQLite's (int, float, str, bytes, None): converted to plain values.
 _PLAIN_TYPES = frozenset({"BIGINT", "INTEGER", "SMALLINT", "TINYINT", "UBIGINT", "UINTEGER", "USMALLINT",
@@ -62,6 +87,7 @@ class DuckdbEngine(Engine):
     """A DuckDB file, read-only, no external access, locked configuration (module docstring)."""
 
     name = "duckdb"
+    title = "DuckDB"
     prefixes = ("duckdb:",)
     caps_address_space_per_open = True
 
@@ -125,3 +151,8 @@ class DuckdbEngine(Engine):
 
     def database(self, prefix: str, db_id: str) -> str:
         return "duckdb:" + os.path.join(self.path(prefix), f"{db_id}.duckdb")
+
+    def catalog(self, conn: Any, limits: SandboxLimits) -> list[Table]:
+        """``duckdb_tables()``, ``duckdb_columns()`` and ``duckdb_constraints()``; an imported table's declared types
+        and keys come from its comment (:mod:`finestep.sql.engines.catalog`)."""
+        return tables_from_catalog(catalog_rows(self, conn, _COLUMNS, limits), catalog_rows(self, conn, _KEYS, limits))

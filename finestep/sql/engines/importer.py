@@ -7,7 +7,9 @@ column holding text, a ``DATETIME`` column holding text) is *coerced* to the typ
 report names it; text that is not UTF-8 is decoded with replacement characters and NUL characters (which
 PostgreSQL's text cannot hold) are dropped, also reported. NULLs stay NULL. Primary keys are kept when the data
 satisfies them; foreign keys are added on PostgreSQL when the data and the referenced keys allow (DuckDB cannot
-add them to filled tables); every key not kept is reported with its reason.
+add them to filled tables); every key not kept is reported with its reason. Each table's comment records the
+source's declared types and keys (:mod:`finestep.sql.engines.catalog`), so the schema prompt reads the same on
+every engine.
 
 On PostgreSQL, table and column names are lower-cased (unquoted names fold to lower case there, as SQLite's are
 case-insensitive) and a read-only role (``finestep_reader`` by default) gets ``CONNECT`` and ``SELECT`` only, with
@@ -16,17 +18,22 @@ case-insensitive) and a read-only role (``finestep_reader`` by default) gets ``C
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from finestep.sql.engine import SandboxLimits
 from finestep.sql.engines import EngineError, database_for, engine_for
+from finestep.sql.engines.catalog import Column, Declared, Table
+from finestep.sql.engines.sqlite import SqliteEngine
 
 __all__ = ["ImportReport", "find_databases", "import_benchmark", "import_database", "reader_url"]
 
@@ -51,8 +58,24 @@ class ImportReport:
         return asdict(self)
 
 
+def _world_databases(data_dir: Path) -> dict[str, Path] | None:
+    """``{db_id: path}`` of a SQLWorld world's databases (``world.json`` lists them), or ``None`` when ``data_dir``
+    holds no world."""
+    try:
+        doc = json.loads((data_dir / "world.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != "sqlworld":
+        return None
+    return {str(d["db_id"]): data_dir / str(d["path"]) for d in doc.get("databases", [])}
+
+
 def find_databases(data_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """``{db_id: path}`` of the benchmark's SQLite files (``<db_id>/<db_id>.sqlite`` anywhere below)."""
+    """``{db_id: path}`` of the benchmark's SQLite files: a SQLWorld world's (``world.json``), else
+    ``<db_id>/<db_id>.sqlite`` anywhere below (Spider's and BIRD's layout)."""
+    world = _world_databases(Path(data_dir))
+    if world is not None:
+        return dict(sorted(world.items()))
     found: dict[str, Path] = {}
     for path in sorted(Path(data_dir).rglob("*.sqlite")):
         if path.parent.name == path.stem and path.stem not in found:
@@ -113,11 +136,25 @@ def _plan_columns(conn: sqlite3.Connection, table: str, lower: bool, report: Imp
     return columns
 
 
+def _has_rowid(conn: sqlite3.Connection, table: str) -> bool:
+    """Whether ``table`` is a rowid table whose ``_rowid_`` is not shadowed by a column of that name."""
+    names = {row[1].lower() for row in conn.execute(f'PRAGMA table_info("{table}")')}
+    if "_rowid_" in names:
+        return False
+    try:
+        conn.execute(f'SELECT _rowid_ FROM "{table}" LIMIT 0')
+    except sqlite3.OperationalError:  # WITHOUT ROWID: stored (and read) in primary-key order
+        return False
+    return True
+
+
 def _rows(conn: sqlite3.Connection, table: str, columns: list[_Column], report: ImportReport) -> Iterator[tuple[Any, ...]]:
     select = ", ".join(f'CAST("{c.name}" AS TEXT)' if c.as_text else f'"{c.name}"' for c in columns)
     conn.text_factory = bytes
     bad: set[str] = set()
-    cursor = conn.execute(f'SELECT {select} FROM "{table}"')
+    # In rowid order (SQLite may otherwise read a covering index): the target stores the rows as SQLite does.
+    order = " ORDER BY _rowid_" if _has_rowid(conn, table) else ""
+    cursor = conn.execute(f'SELECT {select} FROM "{table}"{order}')
     while batch := cursor.fetchmany(_INSERT_CHUNK):
         for row in batch:
             values = list(row)
@@ -148,6 +185,35 @@ def _primary_key(conn: sqlite3.Connection, table: str, report: ImportReport) -> 
         report.keys_not_kept.append(f"{table} primary key ({', '.join(key)}): {nulls} NULL and {dupes} duplicated values")
         return []
     return key
+
+
+def _sample_order(conn: sqlite3.Connection, table: str, column: Column, name: Callable[[str], str]) -> tuple[tuple[str, bool], ...]:
+    """The ``(column, descending)`` terms of the index SQLite reads ``column``'s sample values through (its planner
+    prefers a covering index to the table), or ``()`` when it scans the table in ``rowid`` order."""
+    plan = " ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + SqliteEngine().sample_sql(table, column, 3)))
+    found = re.search(r"USING (?:COVERING )?INDEX (\S+)", plan)
+    if found is None:
+        return ()
+    terms = []
+    for _seq, cid, col, desc, _coll, key in conn.execute(f"PRAGMA index_xinfo({_quote(found.group(1))})"):
+        if key and (cid < 0 or col is None):
+            return ()  # an index on an expression: not reproduced
+        if key:
+            terms.append((name(col), bool(desc)))
+    return tuple(terms)
+
+
+def _declared(conn: sqlite3.Connection, source: Table, position: int, lower: bool) -> str:
+    """The comment recording ``source``'s declared schema as SQLite's catalog gives it (the schema prompt on SQLite),
+    in the target's names (:class:`~finestep.sql.engines.catalog.Declared`)."""
+    def name(text: str) -> str:
+        return text.lower() if lower else text
+
+    orders = {name(c.name): _sample_order(conn, source.name, c, name) for c in source.columns}
+    return Declared(
+        position, {name(c.name): c.type for c in source.columns}, tuple(name(c.name) for c in source.columns if c.primary_key),
+        tuple((name(a), name(b), name(c)) for a, b, c in source.foreign_keys), {c: o for c, o in orders.items() if o},
+    ).comment()  # fmt: skip
 
 
 def reader_url(url: str, reader: str = READER) -> str:
@@ -203,9 +269,10 @@ def import_database(source: str | os.PathLike[str], target: str, admin_url: str 
     src = sqlite3.connect(f"file:{os.path.abspath(source)}?mode=ro", uri=True)
     out = _create_target(engine, target, admin_url)
     try:
-        tables = [r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        catalog = SqliteEngine().catalog(src, SandboxLimits())  # the tables in the schema prompt's order
+        tables = [t.name for t in catalog]
         keys: dict[str, list[str]] = {}
-        for table in tables:
+        for position, table in enumerate(tables):
             columns = _plan_columns(src, table, lower, report)
             key = _primary_key(src, table, report)
             keys[table] = key
@@ -215,6 +282,8 @@ def import_database(source: str | os.PathLike[str], target: str, admin_url: str 
                 body.append("PRIMARY KEY (" + ", ".join(_quote(k.lower() if lower else k) for k in key) + ")")
             name = _quote(table.lower() if lower else table)
             out.execute(f"CREATE TABLE {name} ({', '.join(body)})")
+            comment = _declared(src, catalog[position], position, lower)
+            out.execute(f"COMMENT ON TABLE {name} IS '" + comment.replace("'", "''") + "'")
             src.text_factory = str
             if engine == "postgres":
                 with out.cursor().copy(f"COPY {name} FROM STDIN") as copy:
@@ -312,7 +381,8 @@ def import_benchmark(data_dir: str | os.PathLike[str], to: str, db_ids: list[str
     as the superuser ADMIN. A database that fails is reported with its error; the others go on."""
     found = find_databases(data_dir)
     if not found:
-        raise FileNotFoundError(f"--data {data_dir}: no SQLite databases (<db_id>/<db_id>.sqlite) below it")
+        raise FileNotFoundError(f"--data {data_dir}: no SQLite databases (<db_id>/<db_id>.sqlite below it, or a "
+                                "SQLWorld world.json)")
     wanted = db_ids or sorted(found)
     missing = [d for d in wanted if d not in found]
     if missing:

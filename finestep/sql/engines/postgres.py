@@ -19,7 +19,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from finestep.sql.engine import ErrorKind, ExecutionResult, SandboxLimits
 from finestep.sql.engines import Engine, EngineError, register_engine
-from finestep.sql.engines.common import Deadline, ValueCursor, checked_text, failed, fetch_result
+from finestep.sql.engines.catalog import Table
+from finestep.sql.engines.common import (
+    Deadline,
+    ValueCursor,
+    catalog_rows,
+    checked_text,
+    failed,
+    fetch_result,
+    tables_from_catalog,
+)
 
 __all__ = ["PostgresEngine", "unsafe_role"]
 
@@ -36,6 +45,24 @@ SELECT r.rolsuper,
                 OR has_table_privilege(c.oid, 'DELETE') OR has_table_privilege(c.oid, 'TRUNCATE')) LIMIT 1),
        has_database_privilege(current_database(), 'CREATE') OR has_database_privilege(current_database(), 'TEMP')
   FROM pg_roles r WHERE r.rolname = current_user
+"""
+# The catalog of the current schema: tables (and partitioned tables) in creation order (their oids), columns in order.
+_COLUMNS = """
+SELECT c.relname::text, obj_description(c.oid, 'pg_class'), a.attname::text, format_type(a.atttypid, a.atttypmod)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+ WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+ ORDER BY c.oid, a.attnum
+"""
+_KEYS = """
+SELECT c.relname::text, con.contype::text, a.attname::text, rc.relname::text, ra.attname::text
+  FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+ CROSS JOIN LATERAL unnest(con.conkey, con.confkey) WITH ORDINALITY AS k(attnum, refnum, pos)
+  JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+  LEFT JOIN pg_class rc ON rc.oid = con.confrelid
+  LEFT JOIN pg_attribute ra ON ra.attrelid = con.confrelid AND ra.attnum = k.refnum
+ WHERE n.nspname = current_schema() AND con.contype IN ('p', 'f')
+ ORDER BY con.oid, k.pos
 """
 _READ_STARTS = ("select", "with", "values", "table", "(")
 # Session and transaction control: refused before running (the rollback after each query would undo them anyway).
@@ -102,6 +129,7 @@ class PostgresEngine(Engine):
     """A database on a PostgreSQL server, through a read-only role (module docstring)."""
 
     name = "postgres"
+    title = "PostgreSQL"
     prefixes = ("postgresql://", "postgres://")
 
     def version(self, db: str) -> tuple[Any, ...] | None:
@@ -113,7 +141,12 @@ class PostgresEngine(Engine):
             import psycopg
         except ImportError as exc:  # pragma: no cover - an install without the engines extra
             raise EngineError(f"{db}: psycopg is not installed (pip install 'finestep[engines]')") from exc
-        conn = psycopg.connect(db, autocommit=True, options=_SESSION_OPTIONS, connect_timeout=10)
+        try:
+            conn = psycopg.connect(db, autocommit=True, options=_SESSION_OPTIONS, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            if 'database "' in str(exc) and "does not exist" in str(exc):  # as a missing SQLite file
+                raise FileNotFoundError(f"database not found on the server: {db}") from None
+            raise
         try:
             reason = unsafe_role(conn)
             if reason is not None:
@@ -181,3 +214,8 @@ class PostgresEngine(Engine):
     def database(self, prefix: str, db_id: str) -> str:
         parts = urlsplit(prefix)
         return urlunsplit((parts.scheme, parts.netloc, "/" + db_id, parts.query, parts.fragment))
+
+    def catalog(self, conn: Any, limits: SandboxLimits) -> list[Table]:
+        """``pg_class``, ``pg_attribute`` and ``pg_constraint`` of the current schema; an imported table's declared
+        types and keys come from its comment (:mod:`finestep.sql.engines.catalog`)."""
+        return tables_from_catalog(catalog_rows(self, conn, _COLUMNS, limits), catalog_rows(self, conn, _KEYS, limits))
