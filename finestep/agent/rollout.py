@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from finestep.agent.generators import Generator, SamplingParams
-from finestep.agent.protocol import ObservationFormat, Protocol, encode_prompt
+from finestep.agent.protocol import ObservationFormat, Protocol
 from finestep.agent.trajectory import Trajectory
 from finestep.config import option
 from finestep.data.task import Task
@@ -83,7 +83,7 @@ def prompt_ids(
     """The prompt's token ids for a question on a database, as the environment builds them (no query runs: the
     schema text is read in this process, and the process's shared sandbox starts no worker for it)."""
     task = Task(id="", index=0, question=question, db_id="", db_path=db_path, gold_sql="", evidence=evidence)
-    return encode_prompt(tokenizer, make_env(config, protocol, shared_sandbox(), tokenizer).prompt(task))
+    return protocol.prompt_ids(tokenizer, make_env(config, protocol, shared_sandbox(), tokenizer).prompt(task))
 
 
 def rollout(

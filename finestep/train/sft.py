@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from finestep.agent.protocol import Protocol, encode_observation, encode_prompt
+from finestep.agent.protocol import Protocol
 from finestep.agent.rollout import RolloutConfig, make_env
 from finestep.data.task import Task
 from finestep.rewards.records import TrajectoryRecord, read_trajectories
@@ -80,7 +80,7 @@ def build_sft_examples(
                     db_path=record.db_path, gold_sql=record.gold_sql or "",
                     evidence=str(record.raw.get("evidence") or ""))  # fmt: skip
         env = make_env(prompt, protocol, sandbox, max_total_tokens=None)  # text mode: the record's observations
-        env.reset(task, prompt_ids=encode_prompt(tokenizer, env.prompt(task)))
+        env.reset(task, prompt_ids=protocol.prompt_ids(tokenizer, env.prompt(task)))
         for t, step in enumerate(record.steps):
             if env.done:
                 raise ValueError(f"{where}: steps[{t}]: the episode already ended ({env.trajectory.end_reason}) at "
@@ -93,7 +93,7 @@ def build_sft_examples(
             if t < len(record.steps) - 1 and not played.done:
                 given = step.get("observation")
                 observation = given if given is not None else played.observation
-                env.append_observation(encode_observation(tokenizer, observation))  # type: ignore[attr-defined]
+                env.append_observation(protocol.observation_ids(tokenizer, observation))  # type: ignore[attr-defined]
         traj = env.trajectory
         mask = [False] * len(traj.token_ids)
         for played_step in traj.steps:
