@@ -87,10 +87,12 @@ class ModelConfig:
     init: Literal["tiny", "pretrained"] = option(
         "pretrained", help="tiny: build a tiny model into the run folder; pretrained: load path"
     )
-    path: str | None = option(None, help="a local Hugging Face causal-LM folder (init: pretrained)")
+    path: str | None = option(None, help="a local Hugging Face causal-LM folder (init: pretrained; an error with "
+                              "init: tiny, which would not use it)")
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig, metadata={"help": "the tiny model (init tiny)"})
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
-        "auto", help="weights dtype (auto: the checkpoint's; float32 on CPU)"
+        "auto", help="weights dtype (auto: the checkpoint's, float32 on CPU; bfloat16 trains pure bf16 weights and "
+        "AdamW states, docs/scale.md)"
     )
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA adapters"})
     gradient_checkpointing: bool = option(False, help="recompute activations in the backward pass (less memory)")
@@ -192,6 +194,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model.init == "pretrained" and not self.model.path:
             raise ValueError("model.path: required unless model.init is tiny (a local Hugging Face model folder)")
+        if self.model.init == "tiny" and self.model.path:
+            raise ValueError(f"model.path: {self.model.path} would not be used: model.init is tiny, which builds a new "
+                             "tiny model in the run folder; set model.init=pretrained to train that checkpoint, or "
+                             "leave model.path out")  # fmt: skip
 
 
 def load_train_config(
