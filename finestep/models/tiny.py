@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -64,8 +64,16 @@ CHAT_TEMPLATE = (
 )
 
 
-def _train_tokenizer(corpus: Iterable[str], vocab_size: int, split_digits: bool = True):  # -> PreTrainedTokenizerFast
+def _train_tokenizer(
+    corpus: Iterable[str],
+    vocab_size: int,
+    split_digits: bool = True,
+    added_tokens: Sequence[str] = PROTOCOL_TAGS,
+    chat_template: str = CHAT_TEMPLATE,
+):  # -> PreTrainedTokenizerFast
     """A byte-level BPE tokenizer trained on ``corpus``, wrapped for transformers (eos, pad, chat template).
+
+    ``added_tokens`` become single tokens after the BPE vocabulary (not special: decoding keeps them).
 
     ``split_digits``: every digit is a token of its own, as in Qwen's tokenizers. A number then reads the same
     in a question and in SQL, so a tiny model learns to copy it digit by digit instead of memorizing which
@@ -89,12 +97,12 @@ def _train_tokenizer(corpus: Iterable[str], vocab_size: int, split_digits: bool 
     )
     backend.train_from_iterator((text for text in corpus), trainer)
     backend.add_tokens([AddedToken(tag, single_word=False, normalized=False, special=False)
-                        for tag in PROTOCOL_TAGS])
+                        for tag in added_tokens])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
         model_max_length=1 << 20,
         clean_up_tokenization_spaces=False,
     )
