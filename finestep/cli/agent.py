@@ -37,7 +37,8 @@ def _agent_rollout_config(args: argparse.Namespace) -> object:
     return RolloutConfig(
         group_size=1, max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
         max_total_tokens=args.max_total_tokens, temperature=args.temperature, protocol=args.protocol,
-        schema_sample_values=args.schema_sample_values,
+        schema_sample_values=args.schema_sample_values, schema_style=args.schema_style,
+        brief_instructions=args.brief_instructions,
     )  # fmt: skip
 
 
@@ -140,6 +141,10 @@ def _add_agent_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-total-tokens", type=_positive_int, default=2048, help="token budget per episode (default 2048)")
     parser.add_argument("--temperature", type=_non_negative_float, default=0.0, help="sampling temperature (default 0: greedy)")
     parser.add_argument("--schema-sample-values", type=_non_negative_int, default=3, help="sample values per column in the prompt")
+    parser.add_argument("--schema-style", choices=["create", "compact"], default="create",
+                        help="prompt schema as CREATE TABLE text or one line per table (what training used)")
+    parser.add_argument("--brief-instructions", action="store_true",
+                        help="the two-line system prompt (what small models are trained with: rollout.brief_instructions)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     _add_dtype_option(parser)
 
