@@ -20,14 +20,20 @@ def sequence_log_probs(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``log pi(token_t | tokens_<t)`` at every position t >= 1, (B, T) float32 (0 at t = 0), and the entropy
-    of the predictive distribution at the same positions when asked."""
+    of the predictive distribution at the same positions when asked.
+
+    The (B, T, V) logits are read in place, in the model's dtype (bf16 under bf16 weights or autocast): reductions
+    run in float32 a chunk of rows at a time (``token_log_probs``), so no float32 or shifted copy of the logits is
+    made, and backward keeps only the logits themselves. The values are those of a float32 copy, exactly."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    logprobs = token_log_probs(logits[:, :-1].float(), input_ids[:, 1:])
+    # position t's logits predict token t + 1; the last position predicts nothing (a dummy label, dropped)
+    labels = torch.cat([input_ids[:, 1:], torch.zeros_like(input_ids[:, :1])], dim=1)
+    logprobs = token_log_probs(logits, labels)[:, :-1]
     zeros = torch.zeros_like(logprobs[:, :1])
     entropy = None
     if with_entropy:
         with torch.no_grad():
-            entropy = torch.cat([zeros, entropy_from_logits(logits[:, :-1].float())], dim=1)
+            entropy = torch.cat([zeros, entropy_from_logits(logits)[:, :-1]], dim=1)
     return torch.cat([zeros, logprobs], dim=1), entropy
 
 
