@@ -49,7 +49,7 @@ def _cmd_credit(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_train(args: argparse.Namespace, console: Console) -> int:
-    from finestep.train.config import load_train_config
+    from finestep.train.config import load_train_config, precision_warning
     from finestep.train.rl import RLTrainer
 
     run_dir = args.resume or args.run_dir
@@ -58,6 +58,9 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
         config = load_train_config(args.resume / "config.yaml", args.overrides, args.plugin)
     else:
         config = load_train_config(args.config, args.overrides, args.plugin)
+    warning = precision_warning(config)
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     with console.status("setting up (data, model, tokenizer)..."):
         trainer = RLTrainer(config, run_dir, resume=bool(args.resume))
     console.print(

@@ -28,6 +28,7 @@ __all__ = [
     "TrainConfig",
     "TrainerConfig",
     "load_train_config",
+    "precision_warning",
     "save_train_config",
 ]
 
@@ -232,6 +233,19 @@ def load_train_config(
         data["plugins"] = listed
     load_plugins(plugins_from_env() + listed)
     return from_dict(TrainConfig, data)
+
+
+def precision_warning(config: TrainConfig) -> str | None:
+    """A warning when the update would be mostly rounded away: full fine-tuning of bf16 (or fp16) weights, whose
+    AdamW steps of ``optim.lr`` fall below the weights' precision (bf16 keeps 8 significant bits: a weight of 0.02
+    moves only by steps of ~1e-4), so most weights never change (docs/scale.md); None otherwise."""
+    if config.model.dtype not in ("bfloat16", "float16") or config.model.lora.enabled or config.optim.lr >= 1e-4:
+        return None
+    return (f"model.dtype={config.model.dtype} with full fine-tuning keeps the weights and AdamW's moments in "
+            f"{config.model.dtype}: an update of optim.lr={config.optim.lr:g} is below their precision for most "
+            "weights and is rounded away (the update_applied metric shows the share that changed). For float32 master "
+            "weights with bf16 compute use model.dtype=float32 trainer.bf16=true, or train LoRA adapters "
+            "(model.lora.enabled=true); docs/scale.md")  # fmt: skip
 
 
 def save_train_config(config: TrainConfig) -> str:

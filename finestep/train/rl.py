@@ -43,7 +43,7 @@ from finestep.train.checkpoint import (
 from finestep.train.config import TrainConfig, save_train_config
 from finestep.train.data import TaskSampler, load_task_data
 from finestep.train.logging import MetricsLog
-from finestep.train.update import policy_update
+from finestep.train.update import UpdateProbe, policy_update
 
 __all__ = ["RLTrainer", "check_policy_config", "credit_diagnostics", "model_corpus"]
 
@@ -261,6 +261,7 @@ class RLTrainer:
         step_batch, advantages = credit_rollout(trajectories, scores, cfg.credit)
         tokens = build_token_batch(trajectories, step_batch, advantages, cfg.credit, self._pad_id())
         after_credit = time.perf_counter()
+        probe = UpdateProbe(self.model)
         update = policy_update(
             self.model, self.optimizer, self.scheduler, tokens, cfg.optim, self.shuffle_rng, self.device,
             self.reference, self._autocast(),
@@ -275,6 +276,7 @@ class RLTrainer:
             "step": self.step,
             **episode_metrics(trajectories, scores),
             **update,
+            "update_applied": probe.applied(),
             "lr": self.scheduler.get_last_lr()[0],
             "advantage_abs_mean": float(np.abs(advantages.advantages).mean()) if advantages.advantages.size else 0.0,
             **credit_diagnostics(step_batch, advantages),
