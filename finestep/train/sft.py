@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from finestep.agent.protocol import Protocol
+from finestep.agent.protocol import Protocol, get_protocol
 from finestep.agent.rollout import RolloutConfig, make_env
 from finestep.data.task import Task
 from finestep.rewards.records import TrajectoryRecord, read_trajectories
@@ -67,10 +67,11 @@ def _stop_reason(step: dict[str, Any]) -> str:
 
 
 def build_sft_examples(
-    records: list[TrajectoryRecord], tokenizer: Any, protocol: Protocol, prompt: RolloutConfig, sandbox: SqlSandbox
+    records: list[TrajectoryRecord], tokenizer: Any, protocol: Protocol | str, prompt: RolloutConfig, sandbox: SqlSandbox
 ) -> list[SFTExample]:
     """Tokenize trajectories for SFT exactly as rollouts with ``prompt`` (schema style, instructions, turns)
     build them, by replaying each through the environment; errors name the line of the trajectory file."""
+    protocol = get_protocol(protocol)
     examples = []
     for record in records:
         where = f"line {record.line}"
