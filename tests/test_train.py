@@ -66,6 +66,33 @@ def test_masked_tokens_get_no_gradient(tiny: Path) -> None:
 DIAGNOSTICS = ("approx_kl", "clip_fraction", "entropy", "n_tokens", "rollout_logprob_gap", "rollout_logprob_diff")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_log_probs_read_the_logits_in_place_with_the_values_of_a_float32_copy(tiny: Path, dtype: torch.dtype) -> None:
+    """sequence_log_probs makes no (B, T, V) float32 or shifted copy of the logits (docs/scale.md: 4 instead of
+    12 bytes per logit in bf16), and gives bit for bit the log-probs, entropies and gradients of the float32 copy."""
+    from finestep.train.loss import entropy_from_logits, token_log_probs
+
+    def with_copies(model, ids, mask):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        zeros = torch.zeros(ids.shape[0], 1)
+        with torch.no_grad():
+            entropy = torch.cat([zeros, entropy_from_logits(logits[:, :-1].float())], dim=1)
+        return torch.cat([zeros, token_log_probs(logits[:, :-1].float(), ids[:, 1:])], dim=1), entropy
+
+    model = load_model(tiny, dtype=dtype).train()
+    ids = torch.randint(5, 200, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    results = []
+    for compute in (with_copies, sequence_log_probs):
+        model.zero_grad(set_to_none=True)
+        logprobs, entropy = compute(model, ids, mask) if compute is with_copies else compute(model, ids, mask, True)
+        (logprobs * torch.linspace(-1.0, 1.0, 11)).sum().backward()
+        results.append((logprobs.detach(), entropy, [p.grad.clone() for p in model.parameters()]))
+    (a, ea, ga), (b, eb, gb) = results
+    assert torch.equal(a, b) and torch.equal(ea, eb) and all(torch.equal(x, y) for x, y in zip(ga, gb))
+
+
 def test_update_reports_its_diagnostics(tiny: Path) -> None:
     torch.manual_seed(0)
     model = load_model(tiny)

@@ -36,6 +36,7 @@ from finestep.sql.executor import ErrorKind, ExecutionResult
 
 __all__ = [
     "PROTOCOLS",
+    "SQL_TOOLS",
     "Action",
     "JsonProtocol",
     "ObservationFormat",
@@ -287,6 +288,20 @@ class Protocol(ABC):
     def format_reminder(self) -> str:
         return "write exactly one action"
 
+    # --- tokens: how prompts and observations become the model's tokens ---------------------------------------
+
+    def tokenizer_problem(self, tokenizer: Any) -> str | None:
+        """Why this protocol cannot work with ``tokenizer`` (e.g. a chat template it needs is missing), or None."""
+        return None
+
+    def prompt_ids(self, tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """Token ids of a task's prompt (``encode_prompt``: the tokenizer's chat template, when it has one)."""
+        return encode_prompt(tokenizer, messages)
+
+    def observation_ids(self, tokenizer: Any, text: str) -> list[int]:
+        """Token ids of an observation (``observation_text``'s text), appended after the turn's last token."""
+        return encode_observation(tokenizer, text)
+
 
 PROTOCOLS: dict[str, Protocol] = {}
 
@@ -408,6 +423,30 @@ class JsonProtocol(Protocol):
     def wrap_observation(self, body: str) -> str:
         return f"<tool_response>\n{body}\n</tool_response>"
 
+    def tokenizer_problem(self, tokenizer: Any) -> str | None:
+        return _tool_turn_frame(tokenizer)[1]
+
+    def prompt_ids(self, tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """The prompt through the tokenizer's chat template, with the tool schemas (``SQL_TOOLS``) it renders."""
+        self._frame(tokenizer)
+        return encode_prompt(tokenizer, messages, tools=[dict(t) for t in SQL_TOOLS])
+
+    def observation_ids(self, tokenizer: Any, text: str) -> list[int]:
+        """The tool's answer as the chat template renders it after the assistant's tool call: for Qwen-style
+        templates ``<|im_end|>\\n<|im_start|>user\\n<tool_response>\\nBODY\\n</tool_response><|im_end|>\\n``
+        then the next assistant header (``text`` is ``observation_text``'s; its body is what the template wraps)."""
+        before, after = self._frame(tokenizer)
+        body = text.strip("\n")
+        if body.startswith("<tool_response>\n") and body.endswith("\n</tool_response>"):
+            body = body[len("<tool_response>\n") : -len("\n</tool_response>")]
+        return encode_observation(tokenizer, before + body + after)
+
+    def _frame(self, tokenizer: Any) -> tuple[str, str]:
+        frame, problem = _tool_turn_frame(tokenizer)
+        if frame is None:
+            raise ValueError(problem)
+        return frame
+
     @property
     def format_reminder(self) -> str:
         return (
@@ -430,6 +469,59 @@ class JsonProtocol(Protocol):
             f"You have at most {max_turns} turns. Explore the data when needed, and always end with "
             "submit_solution before your turns run out. Never write a tool response yourself."
         )
+
+
+#: The JSON protocol's tools as chat templates take them (``tools=``): OpenAI-style function schemas.
+SQL_TOOLS: tuple[Mapping[str, Any], ...] = tuple(
+    {"type": "function", "function": {"name": name, "description": description, "parameters": {
+        "type": "object", "properties": {"sql": {"type": "string", "description": argument}}, "required": ["sql"]}}}
+    for name, description, argument in (
+        ("execute_sql", "Run a read-only SQL query on the database and see its first rows or its error.",
+         "one SQLite statement"),
+        ("submit_solution", "Submit a SQL query as the final answer; this ends the episode.",
+         "the SQLite query whose result answers the question"),
+    )
+)  # fmt: skip
+
+_PLACEHOLDER = "\x00finestep-tool-response\x00"
+_FRAMES: dict[tuple[str, str, str], tuple[tuple[str, str] | None, str | None]] = {}
+
+
+def _tool_turn_frame(tokenizer: Any) -> tuple[tuple[str, str] | None, str | None]:
+    """How the tokenizer's chat template closes an assistant turn that ends with a tool call and renders the tool's
+    answer: ``((before, after), None)`` such that the text after the call's ``</tool_call>`` is
+    ``before + BODY + after`` (up to the next assistant turn's header); or ``(None, why)`` when it cannot.
+
+    Found by rendering a probe conversation (a user message, an assistant tool call, a tool message whose content is
+    a placeholder); cached per template."""
+    from jinja2 import TemplateError
+
+    template = getattr(tokenizer, "chat_template", None)
+    if not template or not isinstance(template, str):
+        return None, ("the json protocol writes tool calls and tool answers through the tokenizer's chat template, "
+                      "and this tokenizer has none (no chat_template in tokenizer_config.json or chat_template.jinja); "
+                      "use the tags protocol or a checkpoint with a chat template")  # fmt: skip
+    key = (template, str(getattr(tokenizer, "eos_token", "")), str(getattr(tokenizer, "bos_token", "")))
+    if key not in _FRAMES:
+        call = {"type": "function", "function": {"name": "execute_sql", "arguments": {"sql": "SELECT 1"}}}
+        head = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+        try:
+            text = tokenizer.apply_chat_template(
+                head + [{"role": "tool", "name": "execute_sql", "content": _PLACEHOLDER}],
+                tools=[dict(t) for t in SQL_TOOLS], tokenize=False, add_generation_prompt=True,
+            )  # fmt: skip
+        except (TemplateError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            _FRAMES[key] = None, f"the tokenizer's chat template fails on a tool call and a tool message: {exc}"
+            return _FRAMES[key]
+        at = text.find(_PLACEHOLDER) if isinstance(text, str) else -1
+        close = text.rfind("</tool_call>", 0, max(at, 0))
+        if at < 0 or close < 0 or "execute_sql" not in text[:close] or "SELECT 1" not in text[:close]:
+            _FRAMES[key] = None, ("the json protocol needs a chat template that renders assistant tool calls as "
+                                  "<tool_call>{...}</tool_call> and tool messages (Qwen-style, as Qwen2.5 and Qwen3 "
+                                  "ship); this tokenizer's template does not; use the tags protocol")  # fmt: skip
+        else:
+            _FRAMES[key] = (text[close + len("</tool_call>") : at], text[at + len(_PLACEHOLDER) :]), None
+    return _FRAMES[key]
 
 
 # --- prompts and tokens -----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from finestep.agent.generators import Generator, SamplingParams
-from finestep.agent.protocol import ObservationFormat, Protocol, encode_prompt
+from finestep.agent.protocol import ObservationFormat, Protocol, get_protocol
 from finestep.agent.trajectory import Trajectory
 from finestep.config import option
 from finestep.data.task import Task
@@ -78,12 +78,13 @@ def make_env(
 
 
 def prompt_ids(
-    question: str, evidence: str, db_path: Any, tokenizer: Any, protocol: Protocol, config: RolloutConfig
+    question: str, evidence: str, db_path: Any, tokenizer: Any, protocol: Protocol | str, config: RolloutConfig
 ) -> list[int]:
     """The prompt's token ids for a question on a database, as the environment builds them (no query runs: the
     schema text is read in this process, and the process's shared sandbox starts no worker for it)."""
     task = Task(id="", index=0, question=question, db_id="", db_path=db_path, gold_sql="", evidence=evidence)
-    return encode_prompt(tokenizer, make_env(config, protocol, shared_sandbox(), tokenizer).prompt(task))
+    env = make_env(config, protocol, shared_sandbox(), tokenizer)
+    return get_protocol(protocol).prompt_ids(tokenizer, env.prompt(task))
 
 
 def rollout(

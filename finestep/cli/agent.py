@@ -8,7 +8,9 @@ from pathlib import Path
 from rich.console import Console
 
 from finestep.cli.common import (
+    _add_dtype_option,
     _benchmarks,
+    _load_policy,
     _non_negative_float,
     _non_negative_int,
     _positive_float,
@@ -20,14 +22,12 @@ from finestep.cli.common import (
 from finestep.data.task import DataError
 
 
-def _load_agent(model_dir: Path, protocol_name: str, device: str) -> tuple[object, object, object]:
+def _load_agent(model_dir: Path, protocol_name: str, device: str, dtype: str = "auto") -> tuple[object, object, object]:
     from finestep.agent.generators import get_generator
     from finestep.agent.protocol import get_protocol
-    from finestep.models import load_model, load_tokenizer
     from finestep.models.loading import resolve_device
 
-    model = load_model(model_dir, device=resolve_device(device))
-    tokenizer = load_tokenizer(model_dir)
+    model, tokenizer = _load_policy(model_dir, protocol_name, resolve_device(device), dtype)
     return get_generator("hf", model=model, tokenizer=tokenizer), get_protocol(protocol_name), model
 
 
@@ -37,7 +37,8 @@ def _agent_rollout_config(args: argparse.Namespace) -> object:
     return RolloutConfig(
         group_size=1, max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
         max_total_tokens=args.max_total_tokens, temperature=args.temperature, protocol=args.protocol,
-        schema_sample_values=args.schema_sample_values,
+        schema_sample_values=args.schema_sample_values, schema_style=args.schema_style,
+        brief_instructions=args.brief_instructions,
     )  # fmt: skip
 
 
@@ -72,7 +73,7 @@ def _cmd_agent_eval(args: argparse.Namespace, console: Console) -> int:
         raise DataError("--data is required for --benchmark bird")
     benchmark = load_benchmark(args.benchmark, data)
     sampling = _sampling_config(args) if args.samples else None
-    generator, protocol, _ = _load_agent(args.model, args.protocol, args.device)
+    generator, protocol, _ = _load_agent(args.model, args.protocol, args.device, args.dtype)
     total = min(len(benchmark.available), args.limit or 10**9)
     summary = Table(title=f"{benchmark.name} EX over {total} questions")
     summary.add_column("answer")
@@ -107,7 +108,7 @@ def _cmd_agent_eval(args: argparse.Namespace, console: Console) -> int:
 def _cmd_ask(args: argparse.Namespace, console: Console) -> int:
     from finestep.eval.agent import ask
 
-    generator, protocol, _ = _load_agent(args.model, args.protocol, args.device)
+    generator, protocol, _ = _load_agent(args.model, args.protocol, args.device, args.dtype)
     shown = [0]
 
     def show(turn: int, trajectories: list) -> None:
@@ -140,7 +141,12 @@ def _add_agent_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-total-tokens", type=_positive_int, default=2048, help="token budget per episode (default 2048)")
     parser.add_argument("--temperature", type=_non_negative_float, default=0.0, help="sampling temperature (default 0: greedy)")
     parser.add_argument("--schema-sample-values", type=_non_negative_int, default=3, help="sample values per column in the prompt")
+    parser.add_argument("--schema-style", choices=["create", "compact"], default="create",
+                        help="prompt schema as CREATE TABLE text or one line per table (what training used)")
+    parser.add_argument("--brief-instructions", action="store_true",
+                        help="the two-line system prompt (what small models are trained with: rollout.brief_instructions)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    _add_dtype_option(parser)
 
 
 def add_agent_eval_parser(commands: argparse._SubParsersAction) -> None:

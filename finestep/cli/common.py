@@ -90,6 +90,25 @@ def _estimators_help() -> str:
     return "; ".join(f"{name}: {estimator_help(name).rstrip('.')}" for name in ESTIMATORS).replace("``", "")
 
 
+def _add_dtype_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                        help="weights dtype (default auto: the checkpoint's; float32 on a CPU)")  # fmt: skip
+
+
+def _load_policy(model_dir: Path, protocol: str, device: object, dtype: str = "auto") -> tuple[object, object]:
+    """The model and tokenizer of ``--model``, checked before loading the weights: a model folder, a tokenizer that
+    fits its vocabulary, a chat template the ``--protocol`` can use (errors name the flag)."""
+    from finestep.models import load_model, load_tokenizer
+    from finestep.models.checks import check_model_folder, check_protocol_tokenizer, check_tokenizer_vocab
+    from finestep.models.loading import model_dtype
+
+    folder = check_model_folder(model_dir, "--model")
+    tokenizer = load_tokenizer(folder)
+    check_tokenizer_vocab(tokenizer, folder, "--model")
+    check_protocol_tokenizer(tokenizer, protocol, "--protocol")
+    return load_model(folder, device=device, dtype=model_dtype(dtype, device)), tokenizer  # type: ignore[arg-type]
+
+
 def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", action="append", default=[], metavar="MOD",
                         help="import this module (or .py file) first: it may register estimators, process rules "

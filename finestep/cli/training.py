@@ -12,14 +12,17 @@ from pathlib import Path
 from rich.console import Console
 
 from finestep.cli.common import (
+    _add_dtype_option,
     _add_plugin_option,
     _check_output,
     _estimators_help,
+    _load_policy,
     _positive_float,
     _positive_int,
     _progress,
     _protocols,
 )
+from finestep.data.task import DataError
 
 
 def _cmd_credit(args: argparse.Namespace, console: Console) -> int:
@@ -30,6 +33,9 @@ def _cmd_credit(args: argparse.Namespace, console: Console) -> int:
 
     _check_output(args.out, "--out")
     lines = inspect_credit(args.input, args.estimator, args.overrides, args.db_root)
+    if not lines:
+        raise DataError(f"{args.input}: no trajectories in the file: nothing to credit (one JSON object per line, "
+                        "docs/trajectories.md)")  # fmt: skip
     text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
     show_table = args.table if args.table is not None else console.is_terminal
     if show_table:
@@ -43,7 +49,7 @@ def _cmd_credit(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_train(args: argparse.Namespace, console: Console) -> int:
-    from finestep.train.config import load_train_config
+    from finestep.train.config import load_train_config, precision_warning
     from finestep.train.rl import RLTrainer
 
     run_dir = args.resume or args.run_dir
@@ -52,6 +58,9 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
         config = load_train_config(args.resume / "config.yaml", args.overrides, args.plugin)
     else:
         config = load_train_config(args.config, args.overrides, args.plugin)
+    warning = precision_warning(config)
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     with console.status("setting up (data, model, tokenizer)..."):
         trainer = RLTrainer(config, run_dir, resume=bool(args.resume))
     console.print(
@@ -91,7 +100,6 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_sft(args: argparse.Namespace, console: Console) -> int:
     from finestep.agent.protocol import get_protocol
-    from finestep.models import load_model, load_tokenizer
     from finestep.models.loading import resolve_device
     from finestep.sql.executor import shared_sandbox
     from finestep.train.sft import SFTConfig, build_sft_examples, load_sft_records, train_sft
@@ -103,8 +111,7 @@ def _cmd_sft(args: argparse.Namespace, console: Console) -> int:
     config = SFTConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
     prompt = RolloutConfig(max_turns=args.max_turns, protocol=args.protocol, schema_style=args.schema_style,
                            brief_instructions=args.brief_instructions)  # fmt: skip
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, device=device)
+    model, tokenizer = _load_policy(args.model, args.protocol, device, args.dtype)
     records = load_sft_records(args.data, args.db_root)
     examples = build_sft_examples(records, tokenizer, get_protocol(args.protocol), prompt, shared_sandbox())
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -208,4 +215,5 @@ def add_sft_parser(commands: argparse._SubParsersAction) -> None:
                     help="prompt schema as CREATE TABLE text or one line per table (use what training will use)")
     sf.add_argument("--brief-instructions", action="store_true", help="two-line system prompt (small models)")
     sf.add_argument("--device", default="auto")
+    _add_dtype_option(sf)
     sf.set_defaults(handler=_cmd_sft)

@@ -16,14 +16,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from finestep.agent.protocol import (
-    ObservationFormat,
-    Protocol,
-    build_messages,
-    encode_observation,
-    encode_prompt,
-    get_protocol,
-)
+from finestep.agent.protocol import ObservationFormat, Protocol, build_messages, get_protocol
 from finestep.agent.trajectory import END_BUDGET, END_EOS, END_MAX_TURNS, END_SOLUTION, Step, Trajectory
 from finestep.data.task import Task
 from finestep.env.base import Environment, EnvStep, register_environment
@@ -99,7 +92,7 @@ class SqlEnv(Environment):
         ids: list[int] = []
         if self.include_prompt:
             if prompt_ids is None and self.tokenizer is not None:
-                prompt_ids = encode_prompt(self.tokenizer, messages)
+                prompt_ids = self.protocol.prompt_ids(self.tokenizer, messages)
             ids = [int(t) for t in prompt_ids or ()]
         self.task, self.done = task, False
         self.trajectory = Trajectory(task, sample, len(ids), ids, [0.0] * len(ids))
@@ -143,7 +136,7 @@ class SqlEnv(Environment):
         step.observation = self.observation(step.result, error, turns_left)
         if self.tokenizer is None:
             return EnvStep(step.observation, False, None, step)
-        observation_ids = encode_observation(self.tokenizer, step.observation)
+        observation_ids = self.protocol.observation_ids(self.tokenizer, step.observation)
         if self.max_total_tokens is not None and traj.n_used + len(observation_ids) >= self.max_total_tokens:
             return self._ended(step, END_BUDGET)
         self.append_observation(observation_ids)

@@ -37,7 +37,7 @@ from trl import chat_template_utils as trl_templates
 from finestep.credit import CreditConfig, compute_advantages, get_estimator
 from finestep.integrations.trl_env import TOOL_CHAT_TEMPLATE, SqlToolEnv
 from finestep.integrations.trl_layout import ReplayedEpisode, completion_advantages, replay_episode
-from finestep.models.tiny import CHAT_TEMPLATE as TINY_CHAT_TEMPLATE
+from finestep.models.tiny import CHATML_TEMPLATE
 from finestep.plugins import load_plugins, plugins_from_env
 from finestep.rewards import score_episodes, step_batch
 from finestep.rewards.episodes import episode_metrics
@@ -72,7 +72,7 @@ def tool_tokenizer(tokenizer: Any) -> Any:
     """``tokenizer`` ready for TRL's tool calling. Our tiny models' ChatML (or no template) becomes
     ``TOOL_CHAT_TEMPLATE`` with TRL's Qwen3 response parser; any other template is left to TRL, which sets up the
     known ones (Qwen3, Llama 3, ...). Generation pads on the left."""
-    if tokenizer.chat_template in (None, TINY_CHAT_TEMPLATE, TOOL_CHAT_TEMPLATE):
+    if tokenizer.chat_template in (None, CHATML_TEMPLATE, TOOL_CHAT_TEMPLATE):
         tokenizer.chat_template = TOOL_CHAT_TEMPLATE
         if getattr(trl_templates, "_SUPPORTS_RESPONSE_TEMPLATE", False):
             tokenizer.response_template = trl_templates.qwen3_template

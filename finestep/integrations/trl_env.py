@@ -26,6 +26,7 @@ from finestep.agent.protocol import ObservationFormat
 from finestep.agent.trajectory import END_SOLUTION, Trajectory
 from finestep.data.task import Task
 from finestep.env import SqlEnv
+from finestep.models.tiny import CHAT_TEMPLATE
 from finestep.rewards import RewardConfig, score_episodes
 from finestep.sql.executor import SandboxLimits, SqlSandbox, shared_sandbox
 
@@ -47,35 +48,10 @@ SOLUTION_SUBMITTED = "Solution submitted. The episode is over."
 #: What the call that spends the last turn answers when it is not a solution.
 NO_TURNS_LEFT = "No turns left. The episode is over."
 
-#: ChatML with Qwen-style tool calls, for models whose template cannot render tools (``finestep.models.tiny``):
+#: ChatML with Qwen-style tool calls, the chat template of our tiny models (``finestep.models.tiny.CHAT_TEMPLATE``):
 #: an assistant turn is ``content`` then ``<tool_call>\n{"name": N, "arguments": A}\n</tool_call>`` per call, then
 #: ``<|im_end|>``; a tool message is ``<|im_start|>user\n<tool_response>\n...\n</tool_response><|im_end|>``.
-#: The tool schemas are not rendered (the system prompt's instructions name the tools). It is prefix-preserving,
-#: parses with TRL's Qwen3 response template, and marks assistant tokens for ``return_assistant_tokens_mask``.
-TOOL_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}{%- generation %}{{- message['content'] or '' }}"
-    "{%- if message.tool_calls is defined and message.tool_calls %}"
-    "{%- for call in message.tool_calls %}"
-    "{%- set fn = call.function if call.function is defined else call %}"
-    "{%- if (message['content'] or '') or not loop.first %}{{- '\\n' }}{%- endif %}"
-    "{{- '<tool_call>\\n' }}"
-    "{%- if fn.arguments is string %}"
-    "{{- '{\"name\": ' ~ (fn.name | tojson) ~ ', \"arguments\": ' ~ fn.arguments ~ '}' }}"
-    "{%- else %}{{- {'name': fn.name, 'arguments': fn.arguments} | tojson }}{%- endif %}"
-    "{{- '\\n</tool_call>' }}"
-    "{%- endfor %}"
-    "{%- endif %}"
-    "{{- '<|im_end|>' }}{%- endgeneration %}{{- '\\n' }}"
-    "{%- elif message['role'] == 'tool' %}"
-    "{{- '<|im_start|>user\\n<tool_response>\\n' ~ message['content'] ~ '\\n</tool_response><|im_end|>\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+TOOL_CHAT_TEMPLATE = CHAT_TEMPLATE
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 ``build_tiny_model(corpus, out_dir)`` -> folder; ``load_model(folder)`` / ``load_tokenizer(folder)`` load it or a
 real checkpoint (e.g. Qwen3-4B) the same way; ``sample_next`` draws the next tokens from a batch of logits.
+``models.qwen3`` builds Qwen3-architecture checkpoints with random weights from the published shapes,
+``models.checks`` refuses a folder that will not work as given (naming the key), ``models.memory`` computes the
+memory of training a shape.
 """
 
 from __future__ import annotations

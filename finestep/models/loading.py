@@ -17,6 +17,7 @@ __all__ = [
     "ModelNotFoundError",
     "load_model",
     "load_tokenizer",
+    "model_dtype",
     "quiet_libraries",
     "resolve_device",
 ]
@@ -68,6 +69,14 @@ def resolve_device(name: str, key: str = "--device") -> torch.device:
     return torch.device(name)
 
 
+def model_dtype(name: str | None, device: torch.device | str) -> torch.dtype | str | None:
+    """The dtype to load weights in: ``"auto"`` (or None) is float32 on a CPU (transformers 5 would otherwise load a
+    bf16 checkpoint in bf16 there) and the checkpoint's own dtype elsewhere; other names are torch dtypes."""
+    if name in (None, "auto"):
+        return torch.float32 if torch.device(device).type == "cpu" else "auto"
+    return getattr(torch, name) if isinstance(name, str) else name
+
+
 def _check_dir(path: str | Path, needed: tuple[str, ...]) -> Path:
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -86,6 +95,15 @@ def load_tokenizer(path: str | Path):  # -> PreTrainedTokenizerBase
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _check_lora_targets(model: torch.nn.Module, targets: list[str], key: str) -> None:
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ValueError(f"{key}: {missing} name no module of this model; its linear layers are "
+                         f"{', '.join(linear)}")  # fmt: skip
 
 
 def _lora_config(lora: dict[str, Any]):  # -> peft.LoraConfig
@@ -110,6 +128,7 @@ def load_model(
     device: str | torch.device = "cpu",
     lora: dict[str, Any] | None = None,
     gradient_checkpointing: bool = False,
+    lora_key: str = "lora.target_modules",
 ) -> torch.nn.Module:
     """A causal LM from the local folder ``path`` (any ``AutoModelForCausalLM`` architecture).
 
@@ -122,17 +141,30 @@ def load_model(
             with the short names ``alpha`` and ``dropout`` accepted (defaults: r=16, alpha=2r, the attention
             and MLP projections). Only the adapter weights are then trainable.
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant), for memory.
+        lora_key: the config key of the LoRA target modules, named when one matches no module.
+
+    A folder holding only a LoRA adapter (``adapter_config.json``, as LoRA runs save their checkpoints) loads its
+    base model (``base_model_name_or_path``, a local folder) with the adapter merged in.
 
     Returns:
         The model (a ``PeftModel`` when ``lora`` is given), in eval mode.
     """
     from transformers import AutoModelForCausalLM
 
-    path = _check_dir(path, ("config.json",))
+    path = _check_dir(path, ("config.json", "adapter_config.json"))
     kwargs: dict[str, Any] = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if not (path / "config.json").is_file():  # a LoRA adapter: its base model with the adapter merged in
+        import json
+
+        from peft import PeftModel
+
+        base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+        model = AutoModelForCausalLM.from_pretrained(str(_check_dir(str(base), ("config.json",))), **kwargs)
+        model = PeftModel.from_pretrained(model, str(path), local_files_only=True).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     model.to(device)
     if gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None)  # the transformers 5 name
@@ -143,8 +175,10 @@ def load_model(
     if lora is not None:
         from peft import get_peft_model
 
+        config = _lora_config(lora)
+        _check_lora_targets(model, sorted(config.target_modules), lora_key)
         with warnings.catch_warnings():  # peft reads a property that transformers 5 renamed
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model = get_peft_model(model, _lora_config(lora))
+            model = get_peft_model(model, config)
     model.eval()
     return model

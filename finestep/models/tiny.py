@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
-__all__ = ["CHAT_TEMPLATE", "PROTOCOL_TAGS", "SPECIAL_TOKENS", "build_tiny_model"]
+__all__ = ["CHATML_TEMPLATE", "CHAT_TEMPLATE", "PROTOCOL_TAGS", "SPECIAL_TOKENS", "build_tiny_model"]
 
 #: Special tokens of the chat format (Qwen names); ``<|endoftext|>`` pads, ``<|im_end|>`` ends a turn (eos).
 SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -24,17 +24,56 @@ SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>"
 PROTOCOL_TAGS: tuple[str, ...] = (
     "<sql>", "</sql>", "<solution>", "</solution>", "<observation>", "</observation>", "<think>", "</think>",
 )
-#: ChatML, as Qwen models use it: ``<|im_start|>role\ncontent<|im_end|>\n`` per message.
-CHAT_TEMPLATE = (
+#: Plain ChatML, as Qwen models use it: ``<|im_start|>role\ncontent<|im_end|>\n`` per message (the template of tiny
+#: models built before tool calls were rendered; prompts render the same under ``CHAT_TEMPLATE``).
+CHATML_TEMPLATE = (
     "{%- for message in messages %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+#: The tiny models' chat template: ChatML with Qwen-style tool calls. System and user messages render as in plain
+#: ChatML; an assistant turn is ``content`` then ``<tool_call>\n{"name": N, "arguments": A}\n</tool_call>`` per call,
+#: then ``<|im_end|>``; a tool message is ``<|im_start|>user\n<tool_response>\n...\n</tool_response><|im_end|>``
+#: (as Qwen3's). The tool schemas are not rendered (the system prompt's instructions name the tools). It is
+#: prefix-preserving, parses with TRL's Qwen3 response template, and marks assistant tokens (``{% generation %}``)
+#: for ``return_assistant_tokens_mask``.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}{%- generation %}{{- message['content'] or '' }}"
+    "{%- if message.tool_calls is defined and message.tool_calls %}"
+    "{%- for call in message.tool_calls %}"
+    "{%- set fn = call.function if call.function is defined else call %}"
+    "{%- if (message['content'] or '') or not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{{- '<tool_call>\\n' }}"
+    "{%- if fn.arguments is string %}"
+    "{{- '{\"name\": ' ~ (fn.name | tojson) ~ ', \"arguments\": ' ~ fn.arguments ~ '}' }}"
+    "{%- else %}{{- {'name': fn.name, 'arguments': fn.arguments} | tojson }}{%- endif %}"
+    "{{- '\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{%- endif %}"
+    "{{- '<|im_end|>' }}{%- endgeneration %}{{- '\\n' }}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{{- '<|im_start|>user\\n<tool_response>\\n' ~ message['content'] ~ '\\n</tool_response><|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
 
 
-def _train_tokenizer(corpus: Iterable[str], vocab_size: int, split_digits: bool = True):  # -> PreTrainedTokenizerFast
+def _train_tokenizer(
+    corpus: Iterable[str],
+    vocab_size: int,
+    split_digits: bool = True,
+    added_tokens: Sequence[str] = PROTOCOL_TAGS,
+    chat_template: str = CHAT_TEMPLATE,
+):  # -> PreTrainedTokenizerFast
     """A byte-level BPE tokenizer trained on ``corpus``, wrapped for transformers (eos, pad, chat template).
+
+    ``added_tokens`` become single tokens after the BPE vocabulary (not special: decoding keeps them).
 
     ``split_digits``: every digit is a token of its own, as in Qwen's tokenizers. A number then reads the same
     in a question and in SQL, so a tiny model learns to copy it digit by digit instead of memorizing which
@@ -58,12 +97,12 @@ def _train_tokenizer(corpus: Iterable[str], vocab_size: int, split_digits: bool 
     )
     backend.train_from_iterator((text for text in corpus), trainer)
     backend.add_tokens([AddedToken(tag, single_word=False, normalized=False, special=False)
-                        for tag in PROTOCOL_TAGS])
+                        for tag in added_tokens])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
         model_max_length=1 << 20,
         clean_up_tokenization_spaces=False,
     )

@@ -28,6 +28,7 @@ __all__ = [
     "TrainConfig",
     "TrainerConfig",
     "load_train_config",
+    "precision_warning",
     "save_train_config",
 ]
 
@@ -87,10 +88,12 @@ class ModelConfig:
     init: Literal["tiny", "pretrained"] = option(
         "pretrained", help="tiny: build a tiny model into the run folder; pretrained: load path"
     )
-    path: str | None = option(None, help="a local Hugging Face causal-LM folder (init: pretrained)")
+    path: str | None = option(None, help="a local Hugging Face causal-LM folder (init: pretrained; an error with "
+                              "init: tiny, which would not use it)")
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig, metadata={"help": "the tiny model (init tiny)"})
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
-        "auto", help="weights dtype (auto: the checkpoint's; float32 on CPU)"
+        "auto", help="weights dtype (auto: the checkpoint's, float32 on CPU; bfloat16 trains pure bf16 weights and "
+        "AdamW states, docs/scale.md)"
     )
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA adapters"})
     gradient_checkpointing: bool = option(False, help="recompute activations in the backward pass (less memory)")
@@ -202,6 +205,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model.init == "pretrained" and not self.model.path:
             raise ValueError("model.path: required unless model.init is tiny (a local Hugging Face model folder)")
+        if self.model.init == "tiny" and self.model.path:
+            raise ValueError(f"model.path: {self.model.path} would not be used: model.init is tiny, which builds a new "
+                             "tiny model in the run folder; set model.init=pretrained to train that checkpoint, or "
+                             "leave model.path out")  # fmt: skip
 
 
 def load_train_config(
@@ -236,6 +243,19 @@ def load_train_config(
         data["plugins"] = listed
     load_plugins(plugins_from_env() + listed)
     return from_dict(TrainConfig, data)
+
+
+def precision_warning(config: TrainConfig) -> str | None:
+    """A warning when the update would be mostly rounded away: full fine-tuning of bf16 (or fp16) weights, whose
+    AdamW steps of ``optim.lr`` fall below the weights' precision (bf16 keeps 8 significant bits: a weight of 0.02
+    moves only by steps of ~1e-4), so most weights never change (docs/scale.md); None otherwise."""
+    if config.model.dtype not in ("bfloat16", "float16") or config.model.lora.enabled or config.optim.lr >= 1e-4:
+        return None
+    return (f"model.dtype={config.model.dtype} with full fine-tuning keeps the weights and AdamW's moments in "
+            f"{config.model.dtype}: an update of optim.lr={config.optim.lr:g} is below their precision for most "
+            "weights and is rounded away (the update_applied metric shows the share that changed). For float32 master "
+            "weights with bf16 compute use model.dtype=float32 trainer.bf16=true, or train LoRA adapters "
+            "(model.lora.enabled=true); docs/scale.md")  # fmt: skip
 
 
 def save_train_config(config: TrainConfig) -> str:

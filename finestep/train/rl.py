@@ -8,6 +8,7 @@ continues from the newest checkpoint exactly: step, optimizer, scheduler, RNG st
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import shutil
 import time
 from collections.abc import Callable
@@ -25,7 +26,8 @@ from finestep.config import to_dict
 from finestep.credit import StepAdvantages, StepBatch
 from finestep.data.task import Task
 from finestep.models import build_tiny_model, load_model, load_tokenizer
-from finestep.models.loading import resolve_device
+from finestep.models.checks import check_model_folder, check_protocol_tokenizer, check_tokenizer_vocab
+from finestep.models.loading import model_dtype, resolve_device
 from finestep.rewards import score_episodes
 from finestep.rewards.episodes import episode_metrics
 from finestep.sql.executor import shared_sandbox
@@ -41,9 +43,34 @@ from finestep.train.checkpoint import (
 from finestep.train.config import TrainConfig, save_train_config
 from finestep.train.data import TaskSampler, load_task_data
 from finestep.train.logging import MetricsLog
-from finestep.train.update import policy_update
+from finestep.train.update import UpdateProbe, policy_update
 
-__all__ = ["RLTrainer", "credit_diagnostics", "model_corpus"]
+__all__ = ["RLTrainer", "check_policy_config", "credit_diagnostics", "model_corpus"]
+
+
+def check_policy_config(config: TrainConfig) -> None:
+    """Refuse, before any work, a policy the run could not use as configured (errors name the config key): a
+    ``model.path`` that is not a model folder, a tokenizer that does not fit the model's vocabulary, a protocol
+    that cannot use the tokenizer's chat template, a generator that is not installed."""
+    cfg = config.model
+    if cfg.init == "pretrained":
+        path = check_model_folder(cfg.path or "", "model.path")
+        tokenizer = load_tokenizer(path)
+        check_tokenizer_vocab(tokenizer, path, "model.path")
+        check_protocol_tokenizer(tokenizer, config.rollout.protocol, "rollout.protocol")
+    if cfg.generator == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ValueError("model.generator: vllm is not installed here (pip install 'finestep[vllm]' on a GPU "
+                         "machine); use model.generator=hf")  # fmt: skip
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost of ``path`` and its parents that does not exist yet (what creating ``path`` would make)."""
+    missing = None
+    for candidate in [path.absolute(), *path.absolute().parents]:
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
 
 
 def model_corpus(tasks: list[Task], sample_values: int) -> list[str]:
@@ -89,17 +116,18 @@ class RLTrainer:
         self.device = resolve_device(config.trainer.device, "trainer.device")
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ValueError(f"{self.run_dir}: the run folder is a file")
+        check_policy_config(config)
         torch.manual_seed(config.trainer.seed)
         np.random.seed(config.trainer.seed)
         data = load_task_data(config.data, config.rewards.outcome.metric)
         self.train_tasks, self.eval_tasks, self.gold_check = data.train, data.evaluation, data.gold_check
         self.not_on_engine = data.not_on_engine  # with data.engine: task id -> why it was left out there
-        created = not self.run_dir.exists()
+        created = _first_missing(self.run_dir)
         try:
             self._set_up(resume)
         except BaseException:
-            if created:  # leave no half-made run folder behind
-                shutil.rmtree(self.run_dir, ignore_errors=True)
+            if created is not None:  # leave no half-made run folder (nor the parents made for it) behind
+                shutil.rmtree(created, ignore_errors=True)
             raise
 
     def _set_up(self, resume: bool) -> None:
@@ -110,6 +138,7 @@ class RLTrainer:
         if resume and checkpoint is None:
             raise FileNotFoundError(f"{self.run_dir}: no checkpoint to resume from (checkpoints/latest)")
         self.model, self.tokenizer = self._load_policy(checkpoint)
+        check_protocol_tokenizer(self.tokenizer, config.rollout.protocol, "rollout.protocol")
         self.reference = self._load_reference() if config.optim.kl_coef > 0 else None
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -154,12 +183,13 @@ class RLTrainer:
         lora = to_dict(cfg.lora) if cfg.lora.enabled else None
         if lora is not None:
             lora.pop("enabled")
-        dtype = None if cfg.dtype == "auto" and self.device.type == "cpu" else cfg.dtype
+        dtype = model_dtype(cfg.dtype, self.device)
         source = self._model_source()
         if checkpoint is not None and lora is None:
             source = checkpoint / "model"
         model = load_model(source, dtype=dtype, device=self.device, lora=lora,
-                           gradient_checkpointing=cfg.gradient_checkpointing)  # fmt: skip
+                           gradient_checkpointing=cfg.gradient_checkpointing,
+                           lora_key="model.lora.target_modules")  # fmt: skip
         if checkpoint is not None and lora is not None:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
@@ -168,7 +198,7 @@ class RLTrainer:
         return model, load_tokenizer(source)
 
     def _load_reference(self) -> torch.nn.Module:
-        dtype = None if self.config.model.dtype == "auto" and self.device.type == "cpu" else self.config.model.dtype
+        dtype = model_dtype(self.config.model.dtype, self.device)
         reference = load_model(self._model_source(), dtype=dtype, device=self.device)
         reference.requires_grad_(False)
         return reference.eval()
@@ -232,6 +262,7 @@ class RLTrainer:
         step_batch, advantages = credit_rollout(trajectories, scores, cfg.credit)
         tokens = build_token_batch(trajectories, step_batch, advantages, cfg.credit, self._pad_id())
         after_credit = time.perf_counter()
+        probe = UpdateProbe(self.model)
         update = policy_update(
             self.model, self.optimizer, self.scheduler, tokens, cfg.optim, self.shuffle_rng, self.device,
             self.reference, self._autocast(),
@@ -246,6 +277,7 @@ class RLTrainer:
             "step": self.step,
             **episode_metrics(trajectories, scores),
             **update,
+            "update_applied": probe.applied(),
             "lr": self.scheduler.get_last_lr()[0],
             "advantage_abs_mean": float(np.abs(advantages.advantages).mean()) if advantages.advantages.size else 0.0,
             **credit_diagnostics(step_batch, advantages),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from finestep.agent.protocol import Protocol, encode_observation, encode_prompt
+from finestep.agent.protocol import Protocol, get_protocol
 from finestep.agent.rollout import RolloutConfig, make_env
 from finestep.data.task import Task
 from finestep.rewards.records import TrajectoryRecord, read_trajectories
@@ -67,10 +67,11 @@ def _stop_reason(step: dict[str, Any]) -> str:
 
 
 def build_sft_examples(
-    records: list[TrajectoryRecord], tokenizer: Any, protocol: Protocol, prompt: RolloutConfig, sandbox: SqlSandbox
+    records: list[TrajectoryRecord], tokenizer: Any, protocol: Protocol | str, prompt: RolloutConfig, sandbox: SqlSandbox
 ) -> list[SFTExample]:
     """Tokenize trajectories for SFT exactly as rollouts with ``prompt`` (schema style, instructions, turns)
     build them, by replaying each through the environment; errors name the line of the trajectory file."""
+    protocol = get_protocol(protocol)
     examples = []
     for record in records:
         where = f"line {record.line}"
@@ -80,7 +81,7 @@ def build_sft_examples(
                     db_path=record.db_path, gold_sql=record.gold_sql or "",
                     evidence=str(record.raw.get("evidence") or ""))  # fmt: skip
         env = make_env(prompt, protocol, sandbox, max_total_tokens=None)  # text mode: the record's observations
-        env.reset(task, prompt_ids=encode_prompt(tokenizer, env.prompt(task)))
+        env.reset(task, prompt_ids=protocol.prompt_ids(tokenizer, env.prompt(task)))
         for t, step in enumerate(record.steps):
             if env.done:
                 raise ValueError(f"{where}: steps[{t}]: the episode already ended ({env.trajectory.end_reason}) at "
@@ -93,7 +94,7 @@ def build_sft_examples(
             if t < len(record.steps) - 1 and not played.done:
                 given = step.get("observation")
                 observation = given if given is not None else played.observation
-                env.append_observation(encode_observation(tokenizer, observation))  # type: ignore[attr-defined]
+                env.append_observation(protocol.observation_ids(tokenizer, observation))  # type: ignore[attr-defined]
         traj = env.trajectory
         mask = [False] * len(traj.token_ids)
         for played_step in traj.steps:
