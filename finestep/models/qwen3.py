@@ -12,15 +12,13 @@ tests run the real-model path on it.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from finestep.models.tiny import _replace_dir, _train_tokenizer
+from finestep.models.tiny import _save_model_folder, _train_tokenizer
 
 __all__ = ["QWEN3_ADDED_TOKENS", "QWEN3_CHAT_TEMPLATE", "QWEN3_SHAPES", "build_qwen3_checkpoint", "qwen3_config"]
 
@@ -188,12 +186,5 @@ def build_qwen3_checkpoint(
         finally:
             torch.set_default_dtype(default)
     model.generation_config = GenerationConfig(eos_token_id=[eos, pad], pad_token_id=pad, bos_token_id=pad)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _save_model_folder(model, tokenizer, out)
     return out
