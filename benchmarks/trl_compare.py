@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 from trl import GRPOConfig
 
 from finestep.atomic import atomic_write_json
@@ -103,6 +103,18 @@ def evaluate(model_dir: Path, world: Any, split: str, n: int, out: Path) -> dict
     return {k: float(metrics[k]) for k in SHOWN}
 
 
+class StepProgress(TrainerCallback):
+    """One line per optimizer step (reward, seconds so far) so a long run shows where it is."""
+
+    def __init__(self) -> None:
+        self.begin = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+        if logs and "reward" in logs:
+            print(f"step {state.global_step}/{state.max_steps}  reward {logs['reward']:.3f}  "
+                  f"{time.perf_counter() - self.begin:.0f} s", flush=True)  # fmt: skip
+
+
 def run_trl(estimator: str, start: Path, world: Any, out: Path, steps: int, seed: int, lr: float) -> dict[str, Any]:
     run = out / f"trl-{estimator}"
     trainer = FineStepGRPOTrainer(
@@ -112,6 +124,7 @@ def run_trl(estimator: str, start: Path, world: Any, out: Path, steps: int, seed
         processing_class=tool_tokenizer(AutoTokenizer.from_pretrained(start)),
     )  # fmt: skip
     trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(StepProgress())
     begin = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - begin
