@@ -12,6 +12,7 @@ import pytest
 from finestep.bench.compare import estimator_overrides, run_bench
 from finestep.bench.report import DIAGNOSTIC_KEYS, plot_diagnostics
 from finestep.cli import PlainProgress, main
+from finestep.data.sqlworld import load_world
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sqlworld-tiny.yaml"
 RATES = ("redundant_rate", "error_rate", "format_failure_rate")
@@ -75,6 +76,7 @@ def test_parallel_bench_evaluates_the_warm_start_and_a_second_split_and_resumes(
               "data.eval_split=test"]  # fmt: skip
     results = run_bench(CONFIG, tmp_path, ["grpo", "finestep"], 1, common, jobs=2, secondary="test", world_seed=0)
     assert results["world_seed"] == 0 and results["n_eval"] == 4 and results["eval_split"] == "test"
+    assert results["n_secondary"] == 4  # secondary_tasks unset: data.max_eval_tasks
     assert 0.0 <= results["warm_start"]["ex"] <= 100.0
     # the second split here is the first one again, so the warm start's two evaluations must agree exactly
     assert results["warm_start"]["secondary"]["ex"] == results["warm_start"]["ex"]
@@ -86,6 +88,17 @@ def test_parallel_bench_evaluates_the_warm_start_and_a_second_split_and_resumes(
     again = run_bench(CONFIG, tmp_path, ["grpo", "finestep"], 1, common, secondary="test", world_seed=0)
     assert (tmp_path / "runs" / "grpo-seed0" / "run.json").stat().st_mtime_ns == stamp  # reused, not rerun
     assert again["estimators"] == results["estimators"]
+
+
+def test_the_secondary_split_can_have_its_own_question_count(demo: Path) -> None:
+    from finestep.bench.compare import _eval_split_tasks, _load_config
+
+    config = _load_config(CONFIG, [f"data.path={demo / 'world'}", f"model.path={demo / 'model-sft'}",
+                                   "data.max_eval_tasks=4"], "grpo", 0)  # fmt: skip
+    test = load_world(demo / "world").test
+    assert _eval_split_tasks(config, "test") == test[:4]
+    assert _eval_split_tasks(config, "test", 2) == test[:2]  # --secondary-tasks 2
+    assert len(_eval_split_tasks(config, "test", 10_000)) == len(test)
 
 
 def test_estimator_names() -> None:

@@ -61,26 +61,29 @@ def _load_config(base_config: Path, common: list[str], name: str, seed: int) -> 
     return load_train_config(base_config, [*common, *estimator_overrides(name), f"trainer.seed={seed}"])
 
 
-def _eval_split_tasks(config: TrainConfig, split: str) -> list[Task]:
-    """The first ``data.max_eval_tasks`` tasks of a SQLWorld split of the run's world."""
+def _eval_split_tasks(config: TrainConfig, split: str, count: int | None = None) -> list[Task]:
+    """The first ``count`` (default ``data.max_eval_tasks``) tasks of a SQLWorld split of the run's world."""
     tasks = load_world(Path(config.data.path)).split(split)  # type: ignore[arg-type]
-    return tasks[: config.data.max_eval_tasks]
+    return tasks[: config.data.max_eval_tasks if count is None else count]
 
 
-def _warm_start(base_config: Path, common: list[str], secondary: str | None) -> dict[str, Any]:
+def _warm_start(
+    base_config: Path, common: list[str], secondary: str | None, secondary_tasks: int | None = None
+) -> dict[str, Any]:
     """Greedy metrics of the warm start (``model.path``) on the eval split (and the secondary split)."""
     config = _load_config(base_config, common, "grpo", 0)
     model = Path(config.model.path)  # type: ignore[arg-type]
     tasks = _eval_split_tasks(config, config.data.eval_split)
     out: dict[str, Any] = {"model": str(model), **evaluate_model(model, tasks, config.rollout)[0]}
     if secondary:
-        out["secondary"] = evaluate_model(model, _eval_split_tasks(config, secondary), config.rollout)[0]
+        out["secondary"] = evaluate_model(model, _eval_split_tasks(config, secondary, secondary_tasks),
+                                          config.rollout)[0]  # fmt: skip
     return out
 
 
 def _run_one(
     base_config: Path, common: list[str], name: str, seed: int, run_dir: Path, secondary: str | None,
-    on_step: Callable[[dict[str, float]], None] | None = None,
+    secondary_tasks: int | None = None, on_step: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """One RL run (reused when ``run_dir/run.json`` exists): final metrics, curve, and the secondary split's."""
     done = run_dir / "run.json"
@@ -94,8 +97,8 @@ def _run_one(
     if secondary:
         checkpoint = latest_checkpoint(run_dir)
         assert checkpoint is not None  # run_rl always saves the final step
-        run["final_secondary"] = evaluate_model(checkpoint / "model", _eval_split_tasks(config, secondary),
-                                                config.rollout)[0]  # fmt: skip
+        tasks = _eval_split_tasks(config, secondary, secondary_tasks)
+        run["final_secondary"] = evaluate_model(checkpoint / "model", tasks, config.rollout)[0]
     atomic_write_json(done, run)
     return run
 
@@ -124,6 +127,7 @@ def run_bench(
     jobs: int = 1,
     secondary: str | None = None,
     world_seed: int | None = None,
+    secondary_tasks: int | None = None,
 ) -> dict[str, Any]:
     """Run every estimator with ``seeds`` seeds from the same start and budget; write results.json, a markdown
     table, the learning curves and the training diagnostics (``diagnostics.png``) under ``out``. ``common``
@@ -131,7 +135,9 @@ def run_bench(
 
     ``jobs`` > 1 runs that many runs at once in separate processes (one thread each; ``on_step`` is then not
     called). For a SQLWorld bench the warm start is evaluated too (``warm_start`` in the results), and
-    ``secondary`` names a second split every final model (and the warm start) is also evaluated on. A run whose
+    ``secondary`` names a second split every final model (and the warm start) is also evaluated on, on its first
+    ``secondary_tasks`` questions (default ``data.max_eval_tasks``: e.g. a small split for the learning curves and
+    a large one for the final numbers). A run whose
     ``run.json`` exists is reused, so an interrupted bench resumes.
     """
     results: dict[str, Any] = {"estimators": {}, "base_config": str(base_config), "common_overrides": common}
@@ -141,9 +147,11 @@ def run_bench(
     if sqlworld:
         results.update(world_seed=world_seed, eval_split=probe.data.eval_split, secondary_split=secondary,
                        n_eval=len(_eval_split_tasks(probe, probe.data.eval_split)))  # fmt: skip
-    jobs_list: list[tuple[Any, ...]] = [("warm_start", base_config, common, secondary)] if sqlworld else []
-    jobs_list += [("run", base_config, common, name, seed, out / "runs" / f"{name}-seed{seed}", secondary)
-                  for name in estimators for seed in range(seeds)]  # fmt: skip
+        if secondary:
+            results["n_secondary"] = len(_eval_split_tasks(probe, secondary, secondary_tasks))
+    jobs_list: list[tuple[Any, ...]] = [("warm_start", base_config, common, secondary, secondary_tasks)] if sqlworld else []
+    jobs_list += [("run", base_config, common, name, seed, out / "runs" / f"{name}-seed{seed}", secondary,
+                   secondary_tasks) for name in estimators for seed in range(seeds)]  # fmt: skip
     finished: dict[tuple[str, int], dict[str, Any]] = {}
 
     def collect(job: tuple[Any, ...], value: dict[str, Any]) -> None:

@@ -152,7 +152,7 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
 
         secondary = None if args.secondary == "none" else args.secondary
         run_bench(args.config, args.out, estimators, args.seeds, common, finished, stepped, jobs=args.jobs,
-                  secondary=secondary, world_seed=args.world_seed)  # fmt: skip
+                  secondary=secondary, world_seed=args.world_seed, secondary_tasks=args.secondary_tasks)  # fmt: skip
     console.print((args.out / "results.md").read_text(encoding="utf-8"), markup=False, highlight=False)
     console.print(f"wrote {args.out / 'results.json'}, {args.out / 'learning_curves.png'}, "
                   f"{args.out / 'diagnostics.png'}")
@@ -198,5 +198,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     bn.add_argument("--secondary", default="none", choices=["none", "valid", "heldout", "test"],
                     help="SQLWorld: a second split every final model and the warm start are also evaluated on "
                     "(the first is data.eval_split; default none)")
+    bn.add_argument("--secondary-tasks", type=_positive_int, help="questions of the secondary split evaluated "
+                    "(default: data.max_eval_tasks; e.g. 96 on valid every 20 steps for the curves, 384 held out)")
     bn.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run (the budget)")
     bn.set_defaults(handler=_cmd_bench)
