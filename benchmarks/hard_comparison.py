@@ -56,7 +56,7 @@ def variance_share_first_steps(run_dir: Path, steps: int = 10) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bench", type=Path, required=True, help="the bench's --out folder (results.json, world, runs)")
+    parser.add_argument("--bench", type=Path, required=True, help="the bench's --out folder (results.json, runs)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sqlworld-hard.json"), help="JSON written")
     parser.add_argument("--test-tasks", type=int, default=384, help="questions of the test split evaluated")
     parser.add_argument("--command", default="", help="the bench command line, recorded in the file")
@@ -65,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     if not results_file.is_file():
         raise SystemExit(f"{results_file}: not found (run finestep bench --tier hard --out {args.bench} first)")
     results = json.loads(results_file.read_text(encoding="utf-8"))
-    world = load_world(args.bench / "world")
     config = load_train_config(results["base_config"], results["common_overrides"])
+    world_dir = Path(config.data.path)  # type: ignore[arg-type]
+    world = load_world(world_dir)
     max_turns = config.rollout.max_turns
-    expert_lines = [json.loads(t) for t in (args.bench / "expert.jsonl").read_text(encoding="utf-8").splitlines() if t]
+    expert_file = world_dir.parent / "expert.jsonl"  # the bench's pipeline_paths: beside the world
+    expert_lines = [json.loads(t) for t in expert_file.read_text(encoding="utf-8").splitlines() if t]
     clean = expert_dataset(world, "train", 1, dataclasses.replace(clean_expert, max_steps=max_turns))
 
     test_tasks = world.split("test")[: args.test_tasks]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import re
@@ -88,6 +89,21 @@ def test_parallel_bench_evaluates_the_warm_start_and_a_second_split_and_resumes(
     again = run_bench(CONFIG, tmp_path, ["grpo", "finestep"], 1, common, secondary="test", world_seed=0)
     assert (tmp_path / "runs" / "grpo-seed0" / "run.json").stat().st_mtime_ns == stamp  # reused, not rerun
     assert again["estimators"] == results["estimators"]
+
+    # benchmarks/hard_comparison.py adds the regime and the test split: here the eval split is test too
+    out = tmp_path / "hard.json"
+    spec = importlib.util.spec_from_file_location("hard_comparison", CONFIG.parents[1] / "benchmarks" / "hard_comparison.py")
+    assert spec is not None and spec.loader is not None
+    hard_comparison = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hard_comparison)
+    assert hard_comparison.main(["--bench", str(tmp_path), "--out", str(out), "--test-tasks", "4"]) == 0
+    written = json.loads(out.read_text())
+    assert written["test"]["warm_start"]["ex"] == results["warm_start"]["ex"]
+    assert written["test"]["grpo"]["per_seed"][0]["ex"] == results["estimators"]["grpo"]["per_seed"][0]["ex"]
+    regime = written["regime"]
+    assert regime["max_turns"] == 4 and regime["expert_tool_calls"]["clean"] > 0
+    assert set(regime["outcome_variance_share_first_10_steps"]) == {"grpo", "finestep"}
+    assert all(0.0 <= v <= 1.0 for v in regime["outcome_variance_share_first_10_steps"].values())
 
 
 def test_the_secondary_split_can_have_its_own_question_count(demo: Path) -> None:
