@@ -8,7 +8,9 @@ Adds to the bench's ``results.json`` (today's schema: ``estimators``, ``warm_sta
 ``regime`` (the turn budget, the clean and the default expert's tool calls per training question, the warm
 start's EX on every split, the share of groups with outcome variance in RL's first 10 steps per estimator) and
 ``test``: the warm start's and every final model's greedy EX on the first ``--test-tasks`` questions of the
-unseen databases (cached per model as ``test.json`` beside its run, so a rerun only evaluates what is new).
+unseen databases (cached per model as ``test.json`` beside its run, so a rerun only evaluates what is new);
+``eval_curves``: each run's EX on the eval split every ``trainer.eval_every`` steps, also plotted (mean over seeds,
+their range shaded) in ``--curves``.
 """
 
 from __future__ import annotations
@@ -54,12 +56,44 @@ def variance_share_first_steps(run_dir: Path, steps: int = 10) -> float:
     return statistics.fmean(shares)
 
 
+def eval_curve(run_dir: Path) -> dict[int, float]:
+    """A run's periodic evaluations (``kind == "eval"`` lines of metrics.jsonl): step -> EX."""
+    lines = [json.loads(t) for t in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if t]
+    return {int(m["step"]): float(m["ex"]) for m in lines if m.get("kind") == "eval"}
+
+
+def plot_eval_curves(curves: dict[str, list[dict[int, float]]], warm_ex: float, split: str, path: Path) -> None:
+    """Mean EX on the eval split over RL steps per estimator (the seeds' range shaded), from the warm start."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    for name, runs in curves.items():
+        steps = [0, *sorted(set.intersection(*(set(run) for run in runs)))]
+        values = [[warm_ex if step == 0 else run[step] for run in runs] for step in steps]
+        axes.plot(steps, [statistics.fmean(v) for v in values], marker="o", label=f"{name} ({len(runs)} seeds)")
+        axes.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.15)
+    axes.set_xlabel("RL step")
+    axes.set_ylabel(f"EX % on {split} (greedy)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    temporary = path.with_suffix(".tmp.png")
+    figure.savefig(temporary, dpi=120)
+    plt.close(figure)
+    temporary.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bench", type=Path, required=True, help="the bench's --out folder (results.json, runs)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sqlworld-hard.json"), help="JSON written")
     parser.add_argument("--test-tasks", type=int, default=384, help="questions of the test split evaluated")
     parser.add_argument("--command", default="", help="the bench command line, recorded in the file")
+    parser.add_argument("--curves", type=Path, help="PNG of the eval split's EX over RL steps (default: --out's "
+                        "name with -learning_curves.png)")  # fmt: skip
     args = parser.parse_args(argv)
     results_file = args.bench / "results.json"
     if not results_file.is_file():
@@ -78,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     test: dict[str, Any] = {"n": len(test_tasks), "warm_start": cached_eval(warm, test_tasks, config.rollout,
                                                                              args.bench / "warm-test.json")}  # fmt: skip
     variance: dict[str, list[float]] = defaultdict(list)
+    curves: dict[str, list[dict[int, float]]] = defaultdict(list)
     for name, entry in results["estimators"].items():
         per_seed = []
         for seed in range(len(entry["per_seed"])):
@@ -87,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{run_dir}: no checkpoint (is the bench finished?)")
             per_seed.append(cached_eval(checkpoint / "model", test_tasks, config.rollout, run_dir / "test.json"))
             variance[name].append(variance_share_first_steps(run_dir))
+            curves[name].append(eval_curve(run_dir))
         values = [m["ex"] for m in per_seed]
         test[name] = {"ex_mean": statistics.fmean(values), "ex_std": statistics.stdev(values) if len(values) > 1
                       else 0.0, "per_seed": per_seed}  # fmt: skip
@@ -102,11 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         "outcome_variance_share_first_10_steps": {name: statistics.fmean(v) for name, v in variance.items()},
     }
     results["test"] = test
+    results["eval_curves"] = {name: [{str(k): v for k, v in run.items()} for run in runs] for name, runs in curves.items()}
+    curve_path = args.curves or args.out.with_name(args.out.stem + "-learning_curves.png")
+    plot_eval_curves(curves, warm_start["ex"], results["eval_split"], curve_path)
     results.update(benchmark="sqlworld_hard", command=args.command, tier="hard")
     atomic_write_json(args.out, results)
     print(json.dumps({"regime": results["regime"], "test": {k: v.get("ex_mean", v.get("ex")) for k, v in test.items()
                                                             if isinstance(v, dict)}}, indent=1))  # fmt: skip
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {curve_path}")
     return 0
 
 

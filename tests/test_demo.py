@@ -103,6 +103,8 @@ def test_parallel_bench_evaluates_the_warm_start_and_a_second_split_and_resumes(
     regime = written["regime"]
     assert regime["max_turns"] == 4 and regime["expert_tool_calls"]["clean"] > 0
     assert set(regime["outcome_variance_share_first_10_steps"]) == {"grpo", "finestep"}
+    assert (tmp_path / "hard-learning_curves.png").stat().st_size > 10_000
+    assert written["eval_curves"]["grpo"][0]["1"] == results["estimators"]["grpo"]["per_seed"][0]["ex"]
     assert all(0.0 <= v <= 1.0 for v in regime["outcome_variance_share_first_10_steps"].values())
 
 
