@@ -199,6 +199,6 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
                     help="SQLWorld: a second split every final model and the warm start are also evaluated on "
                     "(the first is data.eval_split; default none)")
     bn.add_argument("--secondary-tasks", type=_positive_int, help="questions of the secondary split evaluated "
-                    "(default: data.max_eval_tasks; e.g. 96 on valid every 20 steps for the curves, 384 held out)")
+                    "(default: data.max_eval_tasks; e.g. data.max_eval_tasks=96 for valid's curves, --secondary-tasks 384 held out)")
     bn.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run (the budget)")
     bn.set_defaults(handler=_cmd_bench)
