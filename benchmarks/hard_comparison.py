@@ -42,7 +42,7 @@ def cached_eval(model: Path, tasks: list[Any], rollout: Any, cache: Path) -> dic
     """Greedy metrics of ``model`` on ``tasks``, read from ``cache`` when it holds the same question count."""
     if cache.is_file():
         cached = json.loads(cache.read_text(encoding="utf-8"))
-        if cached.get("n") == len(tasks):
+        if cached.get("n") == len(tasks) and cached.get("model") == str(model):
             return cached["metrics"]
     metrics = {k: float(v) for k, v in evaluate_model(model, tasks, rollout)[0].items() if k in KEPT}
     atomic_write_json(cache, {"n": len(tasks), "model": str(model), "metrics": metrics})
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     results["eval_curves"] = {name: [{str(k): v for k, v in run.items()} for run in runs] for name, runs in curves.items()}
     curve_path = args.curves or args.out.with_name(args.out.stem + "-learning_curves.png")
     plot_eval_curves(curves, warm_start["ex"], results["eval_split"], curve_path)
-    results.update(benchmark="sqlworld_hard", command=args.command, tier="hard")
+    results.update(benchmark=f"sqlworld_{config.data.world_tier}", command=args.command, tier=config.data.world_tier)
     atomic_write_json(args.out, results)
     print(json.dumps({"regime": results["regime"], "test": {k: v.get("ex_mean", v.get("ex")) for k, v in test.items()
                                                             if isinstance(v, dict)}}, indent=1))  # fmt: skip
