@@ -49,16 +49,19 @@ def cached_eval(model: Path, tasks: list[Any], rollout: Any, cache: Path) -> dic
     return metrics
 
 
-def variance_share_first_steps(run_dir: Path, steps: int = 10) -> float:
+def run_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The lines of a run's metrics.jsonl (``kind`` train or eval)."""
+    return [json.loads(t) for t in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if t]
+
+
+def variance_share_first_steps(lines: list[dict[str, Any]], steps: int = 10) -> float:
     """Mean share of groups with outcome variance over a run's first ``steps`` training steps."""
-    lines = [json.loads(t) for t in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if t]
     shares = [m["groups_with_outcome_variance"] for m in lines if m.get("kind") == "train" and m["step"] <= steps]
     return statistics.fmean(shares)
 
 
-def eval_curve(run_dir: Path) -> dict[int, float]:
-    """A run's periodic evaluations (``kind == "eval"`` lines of metrics.jsonl): step -> EX."""
-    lines = [json.loads(t) for t in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if t]
+def eval_curve(lines: list[dict[str, Any]]) -> dict[int, float]:
+    """A run's periodic evaluations (its ``kind == "eval"`` lines): step -> EX."""
     return {int(m["step"]): float(m["ex"]) for m in lines if m.get("kind") == "eval"}
 
 
@@ -121,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             if checkpoint is None:
                 raise SystemExit(f"{run_dir}: no checkpoint (is the bench finished?)")
             per_seed.append(cached_eval(checkpoint / "model", test_tasks, config.rollout, run_dir / "test.json"))
-            variance[name].append(variance_share_first_steps(run_dir))
-            curves[name].append(eval_curve(run_dir))
+            lines = run_metrics(run_dir)
+            variance[name].append(variance_share_first_steps(lines))
+            curves[name].append(eval_curve(lines))
         values = [m["ex"] for m in per_seed]
         test[name] = {"ex_mean": statistics.fmean(values), "ex_std": statistics.stdev(values) if len(values) > 1
                       else 0.0, "per_seed": per_seed}  # fmt: skip
