@@ -27,6 +27,7 @@ keeps the CPU result; atomically), and a table to docs/benchmarks.md between the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import platform
@@ -38,6 +39,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -332,19 +334,21 @@ def run_trl(run: Run, model_dir: Path, world_dir: Path, shape: dict, work: Path,
 
         clock: ClassVar[dict[str, float]] = {}
 
-        def _generate(self, prompts: list) -> tuple:
+        @contextlib.contextmanager
+        def _timing(self, key: str) -> Iterator[None]:
             begin = time.perf_counter()
             try:
-                return super()._generate(prompts)
+                yield
             finally:
-                self.clock["generate"] = self.clock.get("generate", 0.0) + time.perf_counter() - begin
+                self.clock[key] = self.clock.get(key, 0.0) + time.perf_counter() - begin
+
+        def _generate(self, prompts: list) -> tuple:
+            with self._timing("generate"):
+                return super()._generate(prompts)
 
         def _generate_and_score_completions(self, inputs: list) -> dict:
-            begin = time.perf_counter()
-            try:
+            with self._timing("score"):
                 return super()._generate_and_score_completions(inputs)
-            finally:
-                self.clock["score"] = self.clock.get("score", 0.0) + time.perf_counter() - begin
 
     steps: list[dict[str, Any]] = []
 
