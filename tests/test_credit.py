@@ -91,6 +91,7 @@ configs = st.builds(
     outcome_norm=st.sampled_from(OUTCOME_NORMS), process_scale=st.sampled_from(PROCESS_SCALES),
     per_step_index_norm=st.booleans(), use_process=st.booleans(), process_internal_only=st.booleans(),
     equal_outcome=st.sampled_from(EQUAL_OUTCOMES), process_center=st.booleans(),
+    equal_outcome_process=st.sampled_from([0.0, 0.5, 1.0]),
 )
 
 
@@ -203,7 +204,8 @@ def test_config_defaults_validation_and_ablations():
     assert not CreditConfig.ablation("no_masking").process_internal_only
     v1 = CreditConfig.ablation("v1")
     assert (v1.outcome_norm, v1.process_scale) == ("steps", "group")
-    assert set(ABLATIONS) == {"full", "no_process", "no_temporal", "no_logical", "no_group_norm", "no_masking", "v1"}
+    assert set(ABLATIONS) == {"full", "no_process", "no_temporal", "no_logical", "no_group_norm", "no_masking", "v1",
+                              "gated"}
     for name, switches in ABLATIONS.items():  # every ablation is a valid config, its help text documents the fields
         CreditConfig.ablation(name)
         assert all(f in {f.name for f in fields(CreditConfig)} for f in switches)
@@ -589,6 +591,22 @@ def test_equal_outcome_batch_credits_only_the_solutions_of_equal_groups_by_hand(
     np.testing.assert_allclose(batch.outcome_advantage[:3], [0.0, relative, relative])
     np.testing.assert_allclose(zero.outcome_advantage[:3], [0.0, 0.0, 0.0])
     np.testing.assert_array_equal(batch.outcome_advantage[3:], zero.outcome_advantage[3:])
+
+
+def test_gated_variant_gives_groups_of_equal_outcomes_no_credit_by_hand():
+    # q1: both wrong (equal outcomes), its probes differ in process reward; q2: right and wrong.
+    b = StepBatch.from_lists(
+        groups=["q1", "q1", "q2", "q2"], outcomes=[0, 0, 1, 0],
+        process_rewards=[[0.1, 0.0], [-0.3, 0.0], [0.1, 0.0], [-0.2, 0.0]],
+        is_solution=[[False, True], [False, True], [False, True], [False, True]],
+    )  # fmt: skip
+    v2 = compute_advantages(b, CreditConfig())
+    gated = compute_advantages(b, CreditConfig.ablation("gated"))
+    half = compute_advantages(b, CreditConfig(equal_outcome_process=0.5))
+    assert np.all(v2.advantages[[0, 2]] != 0.0)  # v2 credits q1's probes by process reward alone
+    np.testing.assert_array_equal(gated.advantages[:4], np.zeros(4))  # q1: nothing, as under GRPO
+    np.testing.assert_array_equal(gated.advantages[4:], v2.advantages[4:])  # q2 (mixed) is v2's, bit for bit
+    np.testing.assert_allclose(half.advantages[:4], 0.5 * v2.advantages[:4])  # A^O is 0 in q1: only A^P scales
 
 
 def test_uncentred_process_term_keeps_the_rules_signs_by_hand():

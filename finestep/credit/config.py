@@ -58,6 +58,12 @@ class CreditConfig:
                           "(GRPO's a_i); batch: its solution steps get (R - mean) / (std + eps) over the batch's "
                           "trajectories (a right answer is pushed up, a wrong one down), its other steps A^O = 0"},
     )
+    equal_outcome_process: float = field(
+        default=1.0,
+        metadata={"help": "finestep: the weight of A^P in a group whose outcomes are all equal, as a multiple of "
+                          "lam: 1 (v2) credits its steps by process rewards alone; 0 gives them no credit at all, "
+                          "as GRPO does (the `gated` variant)"},
+    )
     process_center: bool = field(
         default=True,
         metadata={"help": "finestep v2 A^P: True: P~ centred per group, then scaled; False: P~ scaled as is, "
@@ -88,7 +94,7 @@ class CreditConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {value}")
-        for name in ("lam", "omega", "zero_tol"):
+        for name in ("lam", "omega", "zero_tol", "equal_outcome_process"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.eps > 0:
@@ -134,4 +140,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no_group_norm": {"normalize": "none"},
     "no_masking": {"process_internal_only": False, "mask_truncated_steps": False, "drop_zero_groups": False},
     "v1": {"outcome_norm": "steps", "process_scale": "group"},
+    # Not an ablation of the paper: FineStep without process credit in groups that carry no outcome signal
+    # (issue 19's hard tier, where such groups are most of the batch).
+    "gated": {"equal_outcome_process": 0.0},
 }

@@ -184,17 +184,22 @@ def _outcome_advantage(batch: StepBatch, O: np.ndarray, config: CreditConfig) ->
     return A_O
 
 
+def _equal_outcome_groups(batch: StepBatch) -> np.ndarray:
+    """(G,) bool: the groups whose trajectories' outcomes are all equal (a group of one included)."""
+    low = np.full(batch.n_groups, np.inf)
+    high = np.full(batch.n_groups, -np.inf)
+    np.minimum.at(low, batch.group_index, batch.outcome)
+    np.maximum.at(high, batch.group_index, batch.outcome)
+    return low == high
+
+
 def _equal_groups_solution(batch: StepBatch, A_O: np.ndarray, config: CreditConfig) -> np.ndarray:
     """(S,) ``A_O`` with the solution steps of groups whose outcomes are all equal given the batch-relative
     outcome ``(R_i - mean R) / (std R + eps)`` (sample std over the batch's trajectories; 0 if it is 0)."""
     R = batch.outcome
-    low = np.full(batch.n_groups, np.inf)
-    high = np.full(batch.n_groups, -np.inf)
-    np.minimum.at(low, batch.group_index, R)
-    np.maximum.at(high, batch.group_index, R)
     std = pooled_std(R, np.arange(batch.n_traj))
     relative = (R - R.mean()) / (std + config.eps) if std > 0 else np.zeros_like(R)
-    chosen = batch.is_solution & (low == high)[batch.step_group]
+    chosen = batch.is_solution & _equal_outcome_groups(batch)[batch.step_group]
     out = A_O.copy()
     out[chosen] = relative[batch.traj[chosen]]
     return out
@@ -241,7 +246,8 @@ def finestep(batch: StepBatch, config: CreditConfig) -> StepAdvantages:
     ``A^P = c / (std_batch(c) + eps)`` with ``c = P~ - mean`` over the internal steps of the group and
     ``std_batch`` over the live internal steps of the whole batch. v1 (``outcome_norm="steps"``,
     ``process_scale="group"``): ``A^O`` = O normalized over all steps of the group, ``A^P`` = P~ normalized
-    over the group's internal steps. ``A = A^O + lambda A^P`` on internal steps and ``A^O`` on solution steps.
+    over the group's internal steps. ``A = A^O + lambda A^P`` on internal steps and ``A^O`` on solution steps;
+    in a group whose outcomes are all equal ``A^P`` is multiplied by ``equal_outcome_process`` (1 by default).
     With ``process_internal_only=False`` A^P is computed over and added to every step. With
     ``per_step_index_norm`` the step-level group statistics are per (group, step index). Returns every
     intermediate, (S,) each.
@@ -252,6 +258,8 @@ def finestep(batch: StepBatch, config: CreditConfig) -> StepAdvantages:
     A_O = _outcome_advantage(batch, O, config)
     process_steps = ~batch.is_solution if config.process_internal_only else np.ones(batch.n_steps, dtype=bool)
     A_P = _process_advantage(batch, P_smooth, process_steps, config)
+    if config.equal_outcome_process != 1.0 and batch.n_traj:
+        A_P = A_P * np.where(_equal_outcome_groups(batch)[batch.step_group], config.equal_outcome_process, 1.0)
     return StepAdvantages(
         advantages=A_O + config.effective_lam * A_P,
         outcome_return=O,

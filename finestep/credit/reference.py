@@ -146,6 +146,7 @@ def ref_finestep(batch: StepBatch, config: CreditConfig) -> np.ndarray:
     A_O: dict[int, float] = {}
     A_P: dict[int, float] = {}
     p_all: dict = {}
+    process_weight: dict[int, float] = {}  # per step: equal_outcome_process in groups of equal outcomes, else 1
     outcomes = [tr["R"] for tr in trajs]
     std_R = _sample_std(outcomes, len(outcomes))
     mean_R = sum(outcomes) / len(outcomes) if outcomes else 0.0
@@ -159,16 +160,19 @@ def ref_finestep(batch: StepBatch, config: CreditConfig) -> np.ndarray:
                 o_buckets.setdefault(key, []).append((s, i, O[s]))
                 if not (config.process_internal_only and trajs[i]["sol"][t]):
                     p_buckets.setdefault(key, []).append((s, i, P_smooth[s]))
+        equal_group = len({trajs[i]["R"] for i in members}) == 1
+        for i in members:
+            for s in trajs[i]["steps"]:
+                process_weight[s] = config.equal_outcome_process if equal_group else 1.0
         if v1_outcome:
             _normalize_buckets(o_buckets, config.normalize, config.eps, A_O)
         else:  # GRPO's a_i over every trajectory of the group (zero-step ones too), discounted per step
             a = _normalize([trajs[i]["R"] for i in members], members, config.normalize, config.eps)
-            equal = len({trajs[i]["R"] for i in members}) == 1
             for i, a_i in zip(members, a):
                 T = len(trajs[i]["steps"])
                 for t, s in enumerate(trajs[i]["steps"]):
                     A_O[s] = config.gamma_o ** (T - 1 - t) * a_i
-                    if equal and config.equal_outcome == "batch" and trajs[i]["sol"][t]:
+                    if equal_group and config.equal_outcome == "batch" and trajs[i]["sol"][t]:
                         A_O[s] = batch_relative[i]
         if v1_process:
             _normalize_buckets(p_buckets, config.normalize, config.eps, A_P)
@@ -177,7 +181,8 @@ def ref_finestep(batch: StepBatch, config: CreditConfig) -> np.ndarray:
     if p_all:
         _ref_process_v2(p_all, config, A_P)
     lam = config.lam if config.use_process else 0.0
-    return np.array([A_O[s] + lam * A_P.get(s, 0.0) for s in range(batch.n_steps)], dtype=np.float64)
+    return np.array([A_O[s] + lam * process_weight[s] * A_P.get(s, 0.0) for s in range(batch.n_steps)],
+                    dtype=np.float64)
 
 
 def _trajectory_scores(
