@@ -104,6 +104,9 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "reveals_gold+repairs+executes_ok=0+equal=batch+uncentred+gamma_p=0": (
         "rewards.process.reveals_gold=0.3", "rewards.process.repairs=0.3", "rewards.process.executes_ok=0",
         "credit.equal_outcome=batch", "credit.process_center=false", "credit.gamma_p=0"),
+    "gated": ("credit.equal_outcome_process=0",),
+    "reveals_gold+executes_ok=0+gated": ("rewards.process.reveals_gold=0.3", "rewards.process.executes_ok=0",
+                                         "credit.equal_outcome_process=0"),
 }  # fmt: skip
 
 
