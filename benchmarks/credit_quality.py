@@ -63,8 +63,7 @@ COLUMNS = ("auc_group", "auc_within", "bad_positive_share", "auc_group_tool_call
 # Candidate settings of FineStep's rewards and credit (issue 19), measured before any RL run: each re-scores the
 # same episodes with its rewards.* overrides (every estimator sees those rewards) and gives its credit.*
 # overrides to the `finestep` variant only (the baselines and ablations keep their own settings).
-CANDIDATES: dict[str, tuple[str, ...]] = {
-    "default": (),
+_MEASURED_UNGATED: dict[str, tuple[str, ...]] = {
     "executes_ok=0": ("rewards.process.executes_ok=0",),
     "reveals_gold": ("rewards.process.reveals_gold=0.3",),
     "reveals_gold+executes_ok=0": ("rewards.process.reveals_gold=0.3", "rewards.process.executes_ok=0"),
@@ -104,9 +103,17 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "reveals_gold+repairs+executes_ok=0+equal=batch+uncentred+gamma_p=0": (
         "rewards.process.reveals_gold=0.3", "rewards.process.repairs=0.3", "rewards.process.executes_ok=0",
         "credit.equal_outcome=batch", "credit.process_center=false", "credit.gamma_p=0"),
-    "gated": ("credit.equal_outcome_process=0",),
+}  # fmt: skip
+# Those candidates were measured before the gate became FineStep's default (2026-12-06): they keep version 2's
+# ungated process term, so the documented tables reproduce; "default" is today's default (gated).
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "ungated": ("credit.equal_outcome_process=1",),
+    **{name: (*overrides, "credit.equal_outcome_process=1") for name, overrides in _MEASURED_UNGATED.items()},
     "reveals_gold+executes_ok=0+gated": ("rewards.process.reveals_gold=0.3", "rewards.process.executes_ok=0",
                                          "credit.equal_outcome_process=0"),
+    "reveals_gold+executes_ok=0+gamma_p=0+gated": ("rewards.process.reveals_gold=0.3", "rewards.process.executes_ok=0",
+                                                   "credit.gamma_p=0", "credit.equal_outcome_process=0"),
 }  # fmt: skip
 
 

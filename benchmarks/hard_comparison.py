@@ -76,7 +76,8 @@ def plot_eval_curves(curves: dict[str, list[dict[int, float]]], warm_ex: float, 
     for name, runs in curves.items():
         steps = [0, *sorted(set.intersection(*(set(run) for run in runs)))]
         values = [[warm_ex if step == 0 else run[step] for run in runs] for step in steps]
-        axes.plot(steps, [statistics.fmean(v) for v in values], marker="o", label=f"{name} ({len(runs)} seeds)")
+        seeds = f"{len(runs)} seed" + ("s" if len(runs) > 1 else "")
+        axes.plot(steps, [statistics.fmean(v) for v in values], marker="o", label=f"{name} ({seeds})")
         axes.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.15)
     axes.set_xlabel("RL step")
     axes.set_ylabel(f"EX % on {split} (greedy)")

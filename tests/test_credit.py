@@ -204,8 +204,10 @@ def test_config_defaults_validation_and_ablations():
     assert not CreditConfig.ablation("no_masking").process_internal_only
     v1 = CreditConfig.ablation("v1")
     assert (v1.outcome_norm, v1.process_scale) == ("steps", "group")
+    assert (v1.equal_outcome_process, CreditConfig().equal_outcome_process) == (1.0, 0.0)  # v1 ungated; default gated
+    assert CreditConfig.ablation("ungated").equal_outcome_process == 1.0
     assert set(ABLATIONS) == {"full", "no_process", "no_temporal", "no_logical", "no_group_norm", "no_masking", "v1",
-                              "gated"}
+                              "ungated", "gated"}
     for name, switches in ABLATIONS.items():  # every ablation is a valid config, its help text documents the fields
         CreditConfig.ablation(name)
         assert all(f in {f.name for f in fields(CreditConfig)} for f in switches)
@@ -308,7 +310,8 @@ def _two_groups(extra: tuple = ()) -> StepBatch:
 
 
 def test_finestep_v2_hand_computed_two_groups():
-    out = compute_advantages(_two_groups(), CreditConfig(beta=0.0))  # gamma_p 0.5, gamma_o 0.9, lam 0.5
+    ungated = CreditConfig(beta=0.0, equal_outcome_process=1.0)  # gamma_p 0.5, gamma_o 0.9, lam 0.5
+    out = compute_advantages(_two_groups(), ungated)
     # A^O: GRPO's a over q's trajectories, R = [1, 0]: mean 0.5, std sqrt(0.5 / 1): a = +-0.5 / (0.707107 + eps),
     # discounted by gamma_o^(T - t): A [0.81, 0.9, 1] a_A, B [0.9, 1] a_B. Group p has equal R: A^O = 0.
     a = 0.5 / (math.sqrt(0.5) + EPS)
@@ -325,6 +328,10 @@ def test_finestep_v2_hand_computed_two_groups():
     np.testing.assert_allclose(out.process_advantage, [A_P[0], A_P[1], 0.0, A_P[2], 0.0, A_P[3], 0.0, A_P[4], 0.0],
                                rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(out.advantages, np.array(A_O) + 0.5 * out.process_advantage, rtol=1e-12)
+    # the default (gated): group p, whose outcomes are equal, gets nothing; group q is unchanged
+    gated = compute_advantages(_two_groups(), CreditConfig(beta=0.0))
+    np.testing.assert_array_equal(gated.advantages[5:], np.zeros(4))
+    np.testing.assert_array_equal(gated.advantages[:5], out.advantages[:5])
     # outcome_return stays O = gamma_o^(T - t) R (an intermediate, not the advantage)
     np.testing.assert_allclose(out.outcome_return, [0.81, 0.9, 1.0, 0.0, 0.0, 0.9, 1.0, 0.9, 1.0])
 
@@ -350,7 +357,7 @@ def test_finestep_v2_batch_scale():
                              [[0.1, -0.2, 0.0], [-0.3, 0.0], [0.1, 0.0], [0.1 + hair, 0.0]],
                              [[False, False, True], [False, True], [False, True], [False, True]])
     p_steps = np.flatnonzero(np.isin(b.traj, [2, 3]) & ~b.is_solution)
-    v2 = compute_advantages(b, CreditConfig(beta=0.0))
+    v2 = compute_advantages(b, CreditConfig(beta=0.0, equal_outcome_process=1.0))  # ungated: group p's A^P kept
     v1 = compute_advantages(b, CreditConfig(beta=0.0, **V1))
     c_p = [-hair / 2, hair / 2]
     c = [1 / 6, -1 / 30, -2 / 15, *c_p]
@@ -362,9 +369,9 @@ def test_finestep_v2_batch_scale():
     # and group p's outcomes are equal: A^O = 0, so in v2 its advantages are tiny too
     assert np.abs(v2.advantages[np.isin(b.traj, [2, 3])]).max() < 1e-3
     # process_scale=none keeps the centred returns; group = version 1's scale with v2's outcome
-    none = compute_advantages(b, CreditConfig(beta=0.0, process_scale="none"))
+    none = compute_advantages(b, CreditConfig(beta=0.0, process_scale="none", equal_outcome_process=1.0))
     np.testing.assert_allclose(none.process_advantage[p_steps], c_p, rtol=1e-6)
-    group = compute_advantages(b, CreditConfig(beta=0.0, process_scale="group"))
+    group = compute_advantages(b, CreditConfig(beta=0.0, process_scale="group", equal_outcome_process=1.0))
     np.testing.assert_array_equal(group.process_advantage, v1.process_advantage)
     np.testing.assert_array_equal(group.outcome_advantage, v2.outcome_advantage)
 
@@ -600,8 +607,8 @@ def test_gated_variant_gives_groups_of_equal_outcomes_no_credit_by_hand():
         process_rewards=[[0.1, 0.0], [-0.3, 0.0], [0.1, 0.0], [-0.2, 0.0]],
         is_solution=[[False, True], [False, True], [False, True], [False, True]],
     )  # fmt: skip
-    v2 = compute_advantages(b, CreditConfig())
-    gated = compute_advantages(b, CreditConfig.ablation("gated"))
+    v2 = compute_advantages(b, CreditConfig.ablation("ungated"))
+    gated = compute_advantages(b, CreditConfig())  # the default
     half = compute_advantages(b, CreditConfig(equal_outcome_process=0.5))
     assert np.all(v2.advantages[[0, 2]] != 0.0)  # v2 credits q1's probes by process reward alone
     np.testing.assert_array_equal(gated.advantages[:4], np.zeros(4))  # q1: nothing, as under GRPO
@@ -616,7 +623,7 @@ def test_uncentred_process_term_keeps_the_rules_signs_by_hand():
         process_rewards=[[-0.3, 0.0, 0.0], [-0.2, 0.0]],
         is_solution=[[False, False, True], [False, True]],
     )  # fmt: skip
-    config = CreditConfig(gamma_p=0.0, beta=0.0, process_center=False)
+    config = CreditConfig(gamma_p=0.0, beta=0.0, process_center=False, equal_outcome_process=1.0)  # one equal group
     values = np.array([-0.3, 0.0, -0.2])
     dev = values - values.mean()
     std = np.sqrt(np.dot(dev, dev) / (3 * (2 - 1) / 2))  # Bessel's correction counted in 2 trajectories
@@ -662,12 +669,14 @@ def test_grpo_invariant_to_constant_reward_shift(batch, shift, name):
         CreditConfig, gamma_p=unit, gamma_o=unit, beta=st.floats(0.0, 0.9), lam=st.floats(0.05, 2.0),
         normalize=st.sampled_from(NORMALIZE_MODES), per_step_index_norm=st.booleans(),
         process_internal_only=st.booleans(), outcome_norm=st.sampled_from(OUTCOME_NORMS),
-        process_scale=st.sampled_from(PROCESS_SCALES),
+        process_scale=st.sampled_from(PROCESS_SCALES), equal_outcome_process=st.sampled_from([0.0, 0.5, 1.0]),
     ),
 )
 def test_redundant_step_gets_lower_advantage(data, n_internal, others, config):
     # Two correct trajectories, identical (rewards, links) except that step j of the second one is also
-    # flagged redundant (-0.3). Its advantage must be strictly lower than step j of the first.
+    # flagged redundant (-0.3). Its advantage must be strictly lower than step j of the first, unless the
+    # group's outcomes are all equal and the process term is gated there: then the twins get the same advantages
+    # (0 under version 2's outcome term, the same position-only A^O under version 1's).
     rewards = data.draw(st.lists(REWARD, min_size=n_internal, max_size=n_internal)) + [0.0]
     j = data.draw(st.integers(0, n_internal - 1))
     links = [data.draw(st.lists(st.integers(0, t - 1), max_size=2, unique=True)) if t else []
@@ -682,9 +691,12 @@ def test_redundant_step_gets_lower_advantage(data, n_internal, others, config):
     batch = StepBatch.from_lists(*cols)
     adv = compute_advantages(batch, config).advantages
     first, second = batch.offsets[0], batch.offsets[1]
+    length = n_internal + 1
+    if np.ptp(batch.outcome) == 0.0 and config.equal_outcome_process == 0.0:
+        np.testing.assert_array_equal(adv[second : second + length], adv[first : first + length])
+        return
     assert adv[second + j] < adv[first + j]
     # and no step of the redundant trajectory is credited above its twin
-    length = n_internal + 1
     assert np.all(adv[second : second + length] <= adv[first : first + length] + 1e-12)
 
 

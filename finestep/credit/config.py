@@ -2,7 +2,9 @@
 
 Each FineStep ablation of the paper is one entry of ``ABLATIONS`` (a few field overrides), so
 ``CreditConfig.ablation("no_logical")`` is the whole change. FineStep version 2 (FINESTEP.md section 2) is the
-default; ``CreditConfig.ablation("v1")`` (``outcome_norm="steps"``, ``process_scale="group"``) is version 1.
+default, gated: a group whose outcomes are all equal gets no process credit (``equal_outcome_process=0``;
+``CreditConfig.ablation("ungated")`` restores version 2 as first written); ``CreditConfig.ablation("v1")``
+(``outcome_norm="steps"``, ``process_scale="group"``, ungated) is version 1.
 """
 
 from __future__ import annotations
@@ -59,10 +61,10 @@ class CreditConfig:
                           "trajectories (a right answer is pushed up, a wrong one down), its other steps A^O = 0"},
     )
     equal_outcome_process: float = field(
-        default=1.0,
+        default=0.0,
         metadata={"help": "finestep: the weight of A^P in a group whose outcomes are all equal, as a multiple of "
-                          "lam: 1 (v2) credits its steps by process rewards alone; 0 gives them no credit at all, "
-                          "as GRPO does (the `gated` variant)"},
+                          "lam: 0 (default, gated) gives such a group no credit at all, as GRPO does; 1 (v2 as "
+                          "first written, the `ungated` ablation) credits its steps by process rewards alone"},
     )
     process_center: bool = field(
         default=True,
@@ -139,8 +141,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no_logical": {"beta": 0.0},
     "no_group_norm": {"normalize": "none"},
     "no_masking": {"process_internal_only": False, "mask_truncated_steps": False, "drop_zero_groups": False},
-    "v1": {"outcome_norm": "steps", "process_scale": "group"},
-    # Not an ablation of the paper: FineStep without process credit in groups that carry no outcome signal
-    # (issue 19's hard tier, where such groups are most of the batch).
+    "v1": {"outcome_norm": "steps", "process_scale": "group", "equal_outcome_process": 1.0},
+    # Version 2 as first written: groups without an outcome signal credited by their process rewards alone (the
+    # default until 2026-12-06; it loses 4 EX points to GRPO in the hard tier's sparse regime, docs/benchmarks.md).
+    "ungated": {"equal_outcome_process": 1.0},
+    # The default, spelled out (it named the variant while it was measured against "ungated").
     "gated": {"equal_outcome_process": 0.0},
 }

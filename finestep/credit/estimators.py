@@ -247,7 +247,8 @@ def finestep(batch: StepBatch, config: CreditConfig) -> StepAdvantages:
     ``std_batch`` over the live internal steps of the whole batch. v1 (``outcome_norm="steps"``,
     ``process_scale="group"``): ``A^O`` = O normalized over all steps of the group, ``A^P`` = P~ normalized
     over the group's internal steps. ``A = A^O + lambda A^P`` on internal steps and ``A^O`` on solution steps;
-    in a group whose outcomes are all equal ``A^P`` is multiplied by ``equal_outcome_process`` (1 by default).
+    in a group whose outcomes are all equal ``A^P`` is multiplied by ``equal_outcome_process`` (0 by default:
+    such a group gets no credit, as under GRPO; 1 is version 2 as first written).
     With ``process_internal_only=False`` A^P is computed over and added to every step. With
     ``per_step_index_norm`` the step-level group statistics are per (group, step index). Returns every
     intermediate, (S,) each.

@@ -130,7 +130,7 @@ def test_configs_from_verl_reads_the_finestep_block():
     assert (credit.estimator, credit.beta, credit.gamma_p, credit.lam) == ("ps_grpo", 0.0, 0.25, 1.0)
     assert settings.rewards.outcome.correct == 2.0 and settings.reader.decimals is None
     # FineStep version 1 through verl: the ablation, or its two fields
-    for block in ({"ablation": "v1"}, {"outcome_norm": "steps", "process_scale": "group"}):
+    for block in ({"ablation": "v1"}, {"outcome_norm": "steps", "process_scale": "group", "equal_outcome_process": 1}):
         credit = configs_from_verl({"finestep": block}).credit
         assert credit == CreditConfig.ablation("v1")
     assert configs_from_verl({"finestep": {"process_scale": "none"}}).credit.process_scale == "none"
