@@ -149,6 +149,15 @@ class StepBatch:
         """S, the number of steps."""
         return int(self.traj.size)
 
+    @property
+    def outcome_varies(self) -> np.ndarray:
+        """(K,) bool: the groups whose trajectories' outcomes are not all equal (False for a group of one)."""
+        low = np.full(self.n_groups, np.inf)
+        high = np.full(self.n_groups, -np.inf)
+        np.minimum.at(low, self.group_index, self.outcome)
+        np.maximum.at(high, self.group_index, self.outcome)
+        return high > low
+
     @classmethod
     def from_lists(
         cls,

@@ -184,22 +184,13 @@ def _outcome_advantage(batch: StepBatch, O: np.ndarray, config: CreditConfig) ->
     return A_O
 
 
-def _equal_outcome_groups(batch: StepBatch) -> np.ndarray:
-    """(G,) bool: the groups whose trajectories' outcomes are all equal (a group of one included)."""
-    low = np.full(batch.n_groups, np.inf)
-    high = np.full(batch.n_groups, -np.inf)
-    np.minimum.at(low, batch.group_index, batch.outcome)
-    np.maximum.at(high, batch.group_index, batch.outcome)
-    return low == high
-
-
 def _equal_groups_solution(batch: StepBatch, A_O: np.ndarray, config: CreditConfig) -> np.ndarray:
     """(S,) ``A_O`` with the solution steps of groups whose outcomes are all equal given the batch-relative
     outcome ``(R_i - mean R) / (std R + eps)`` (sample std over the batch's trajectories; 0 if it is 0)."""
     R = batch.outcome
     std = pooled_std(R, np.arange(batch.n_traj))
     relative = (R - R.mean()) / (std + config.eps) if std > 0 else np.zeros_like(R)
-    chosen = batch.is_solution & _equal_outcome_groups(batch)[batch.step_group]
+    chosen = batch.is_solution & ~batch.outcome_varies[batch.step_group]
     out = A_O.copy()
     out[chosen] = relative[batch.traj[chosen]]
     return out
@@ -260,7 +251,7 @@ def finestep(batch: StepBatch, config: CreditConfig) -> StepAdvantages:
     process_steps = ~batch.is_solution if config.process_internal_only else np.ones(batch.n_steps, dtype=bool)
     A_P = _process_advantage(batch, P_smooth, process_steps, config)
     if config.equal_outcome_process != 1.0 and batch.n_traj:
-        A_P = A_P * np.where(_equal_outcome_groups(batch)[batch.step_group], config.equal_outcome_process, 1.0)
+        A_P = A_P * np.where(batch.outcome_varies[batch.step_group], 1.0, config.equal_outcome_process)
     return StepAdvantages(
         advantages=A_O + config.effective_lam * A_P,
         outcome_return=O,

@@ -93,11 +93,7 @@ def credit_diagnostics(batch: StepBatch, advantages: StepAdvantages) -> dict[str
     """
     out = {"groups_with_outcome_variance": 0.0, "adv_outcome_abs_mean": 0.0, "adv_process_abs_mean": 0.0}
     if batch.n_groups:
-        low = np.full(batch.n_groups, np.inf)
-        high = np.full(batch.n_groups, -np.inf)
-        np.minimum.at(low, batch.group_index, batch.outcome)
-        np.maximum.at(high, batch.group_index, batch.outcome)
-        out["groups_with_outcome_variance"] = float(np.mean(high > low))
+        out["groups_with_outcome_variance"] = float(np.mean(batch.outcome_varies))
     if batch.n_steps:
         outcome = advantages.advantages if advantages.outcome_advantage is None else advantages.outcome_advantage
         out["adv_outcome_abs_mean"] = float(np.abs(outcome).mean())
