@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import statistics
 from collections import defaultdict
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from finestep.agent.expert import expert_dataset
-from finestep.atomic import atomic_write_json
+from finestep.atomic import atomic_write_bytes, atomic_write_json
 from finestep.bench.pipeline import evaluate_model
 from finestep.data.sqlworld import clean_expert, load_world
 from finestep.train.checkpoint import latest_checkpoint
@@ -84,10 +85,10 @@ def plot_eval_curves(curves: dict[str, list[dict[int, float]]], warm_ex: float, 
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    temporary = path.with_suffix(".tmp.png")
-    figure.savefig(temporary, dpi=120)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)
-    temporary.replace(path)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
